@@ -1,0 +1,193 @@
+"""The ``trace-inversion`` command: one subcommand per pipeline, plus tools.
+
+Heavy imports happen inside the subcommands so ``--help`` and ``config validate``
+answer instantly. Errors in configs or data are printed as a list of problems (each
+naming the field or row and the fix) with exit status 2, before any model call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, RunConfig, load_config, parse_override
+
+EPILOG = """\
+Pipelines run on a YAML config (default: the embedded toy world, offline, no key).
+Override any field with --set, e.g. --set data.toy.n_train=200 --set output.dir=runs/x.
+Start a config from `trace-inversion config show > my.yaml`."""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="run config YAML (default: embedded toy-world config)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (dotted path), repeatable")
+    p.add_argument("--output", "-o", help="output folder (same as --set output.dir=...)")
+
+
+def _config_from(args) -> RunConfig:
+    from .config import deep_merge
+
+    overrides: dict = {}
+    for item in args.overrides:
+        overrides = deep_merge(overrides, parse_override(item))
+    if getattr(args, "output", None):
+        overrides = deep_merge(overrides, {"output": {"dir": args.output}})
+    return load_config(args.config, overrides or None)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cmd_query_target(args) -> int:
+    cfg = _config_from(args)
+    from .data import load_rows
+    from trace_inversion.pipelines.query_target import run_query_target
+
+    rows = load_rows(cfg.data, args.split)
+    stats = run_query_target(cfg, rows, args.split)
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from trace_inversion.pipelines.demo import run_demo
+
+    overrides = {}
+    for item in args.overrides:
+        from .config import deep_merge
+
+        overrides = deep_merge(overrides, parse_override(item))
+    report = run_demo(output=args.output, seeds=args.seeds, config_path=args.config, overrides=overrides)
+    print(report)
+    return 0
+
+
+def cmd_config(args) -> int:
+    if args.action == "show":
+        print(load_config(args.file).to_yaml() if args.file else Path(__file__).with_name("configs").joinpath(
+            "default.yaml").read_text(), end="")
+    elif args.action == "schema":
+        print(json.dumps(RunConfig.model_json_schema(), indent=2))
+    else:
+        cfg = load_config(args.file)
+        print(f"OK: {args.file or 'embedded default'} is a valid config (run {cfg.name!r})")
+    return 0
+
+
+def cmd_toy(args) -> int:
+    from .io import write_parquet
+    from .toy_world import ToyWorld, iter_rows
+
+    w = ToyWorld(seed=args.seed, n_ops=args.n_ops)
+    train, test = w.splits(args.n_train, args.n_test)
+    out = Path(args.output)
+    write_parquet(list(iter_rows(train)), out / "train.parquet")
+    write_parquet(list(iter_rows(test)), out / "test.parquet")
+    print(f"wrote {len(train)} train and {len(test)} test problems to {out}")
+    return 0
+
+
+def cmd_tiny_model(args) -> int:
+    from .tiny_models import build_tiny_lm
+
+    path = build_tiny_lm(args.output, hidden_size=args.hidden_size, num_layers=args.layers,
+                         num_heads=args.heads, vocab_size=args.vocab_size, seed=args.seed)
+    print(f"tiny model saved to {path}")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from .cache import RequestCache
+
+    if not Path(args.path).exists():
+        print(f"error: no cache at {args.path}", file=sys.stderr)
+        return 2
+    print(json.dumps(RequestCache(args.path).stats(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="trace-inversion",
+        description="Recover reasoning traces hidden by a target model and train students on them.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--version", action="version", version=f"trace-inversion {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", title="pipelines and tools")
+    sub.required = True
+
+    p = sub.add_parser("demo", help="pipeline: the end-to-end toy-world run (offline, CPU, no key)",
+                       description="Run every implemented stage on the embedded toy world and print a report.")
+    _add_config_args(p)
+    p.add_argument("--seeds", type=int, default=1, help="world seeds to run (default 1)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("query-target", help="pipeline: ask the target for answers and reasoning summaries",
+                       description="Query the target model (toy, OpenAI Responses API or an OpenAI-compatible "
+                                   "server) for each problem, through the request cache; a rerun pays nothing twice.")
+    _add_config_args(p)
+    p.add_argument("--split", default="train", help="input split (toy: train or test)")
+    p.set_defaults(func=cmd_query_target)
+
+    p = sub.add_parser("config", help="tool: show, validate or print the schema of run configs",
+                       description="Config tools. `show` prints the embedded default (or a file, normalised).")
+    p.add_argument("action", choices=["show", "validate", "schema"])
+    p.add_argument("file", nargs="?", help="config YAML (default: embedded)")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("toy", help="tool: write toy-world problems to parquet",
+                       description="Write deterministic toy-world train/test problems to OUTPUT/{train,test}.parquet.")
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=2000)
+    p.add_argument("--n-test", type=int, default=500)
+    p.add_argument("--n-ops", type=int, default=6)
+    p.set_defaults(func=cmd_toy)
+
+    p = sub.add_parser("tiny-model", help="tool: build a tiny causal LM + tokenizer in code (offline)",
+                       description="Build a randomly initialised tiny Llama with a locally trained BPE tokenizer "
+                                   "and a ChatML template with generation markers.")
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vocab-size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny_model)
+
+    p = sub.add_parser("cache", help="tool: statistics of a request cache file")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_cache)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from .data import DataError
+
+        if isinstance(e, DataError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished requests are in the request cache; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

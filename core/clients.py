@@ -1,0 +1,323 @@
+"""Model clients: one interface over every backend, every call through the cache.
+
+``make_client(model_config, cache)`` returns a client with
+``async query(messages) -> CallResult`` and ``query_many(list_of_messages)``. Every
+successful response is normalised to ``{"answer", "summary", "usage", "finish_reason"}``
+and committed to the request cache before it is returned; failures are returned as
+``CallResult(ok=False, error=...)`` with the reason, never raised, so the caller can
+route the row to ``failures``.
+
+Retries: 429, 5xx, timeouts, connection errors and malformed bodies are retried with
+exponential backoff and full jitter, honouring ``Retry-After``; 4xx other than 429
+fail at once (retrying a bad request only pays twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .cache import RequestCache
+from .config import ModelConfig
+from .toy_world import ToyWorld, parse_problem
+
+Messages = list[dict]
+
+
+@dataclass
+class CallResult:
+    ok: bool
+    response: Optional[dict] = None
+    error: Optional[str] = None
+    attempts: int = 0
+    cached: bool = False
+    latency_s: float = 0.0
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+    requests: int = 0
+    cached_requests: int = 0
+
+    def add(self, usage: dict, cost: float, cached: bool) -> None:
+        self.input_tokens += int(usage.get("input_tokens", 0) or 0)
+        self.output_tokens += int(usage.get("output_tokens", 0) or 0)
+        self.reasoning_tokens += int(usage.get("reasoning_tokens", 0) or 0)
+        self.requests += 1
+        self.cached_requests += int(cached)
+        if not cached:
+            self.cost_usd += cost
+
+
+class PermanentError(Exception):
+    """A failure that retrying cannot fix (bad request, auth, refusal policy)."""
+
+
+class RetryableError(Exception):
+    def __init__(self, msg: str, retry_after: Optional[float] = None):
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
+def backoff_delay(attempt: int, base: float = 0.25, cap: float = 30.0, retry_after: Optional[float] = None,
+                  rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff; a server's Retry-After is a floor."""
+    rng = rng or random
+    delay = rng.uniform(0, min(cap, base * (2 ** attempt)))
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+def cost_of(usage: dict, cfg: ModelConfig) -> float:
+    out = int(usage.get("output_tokens", 0) or 0)  # reasoning tokens are billed inside output tokens
+    return (int(usage.get("input_tokens", 0) or 0) * cfg.price_input_per_mtok + out * cfg.price_output_per_mtok) / 1e6
+
+
+class BaseClient:
+    backend = "base"
+
+    def __init__(self, cfg: ModelConfig, cache: RequestCache, rng_seed: int = 0):
+        self.cfg = cfg
+        self.cache = cache
+        self.usage = Usage()
+        self._sem: Optional[asyncio.Semaphore] = None
+        self._sem_loop: Optional[asyncio.AbstractEventLoop] = None
+        self._rng = random.Random(rng_seed)
+
+    # subclasses: payload for the cache key, and the raw call
+    def payload(self, messages: Messages) -> dict:
+        s = self.cfg.sampling
+        return {"messages": messages, "params": s.model_dump(exclude={"n"}), "n": s.n}
+
+    async def _call(self, messages: Messages) -> dict:
+        raise NotImplementedError
+
+    async def query(self, messages: Messages) -> CallResult:
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._sem_loop is not loop:
+            # Steps run one event loop per batch; a semaphore belongs to one loop.
+            self._sem, self._sem_loop = asyncio.Semaphore(self.cfg.concurrency), loop
+        t0 = time.monotonic()
+        attempts = 0
+
+        async def attempt_loop() -> dict:
+            nonlocal attempts
+            while True:
+                attempts += 1
+                try:
+                    async with self._sem:
+                        return await asyncio.wait_for(self._call(messages), timeout=self.cfg.timeout_s)
+                except asyncio.TimeoutError:
+                    err: Exception = RetryableError(f"timeout after {self.cfg.timeout_s}s")
+                except RetryableError as e:
+                    err = e
+                if attempts > self.cfg.max_retries:
+                    raise PermanentError(f"gave up after {attempts} attempts: {err}")
+                await asyncio.sleep(backoff_delay(attempts - 1, retry_after=getattr(err, "retry_after", None),
+                                                  rng=self._rng))
+
+        try:
+            response, cached = await self.cache.acall(self.backend, self.cfg.model, self.payload(messages), attempt_loop)
+        except PermanentError as e:
+            return CallResult(False, error=str(e), attempts=attempts, latency_s=time.monotonic() - t0)
+        self.usage.add(response.get("usage", {}), cost_of(response.get("usage", {}), self.cfg), cached)
+        return CallResult(True, response=response, attempts=attempts, cached=cached, latency_s=time.monotonic() - t0)
+
+    async def query_many(self, batch: list[Messages]) -> list[CallResult]:
+        return list(await asyncio.gather(*(self.query(m) for m in batch)))
+
+    def query_many_sync(self, batch: list[Messages]) -> list[CallResult]:
+        return asyncio.run(self.query_many(batch))
+
+    async def aclose(self) -> None:
+        pass
+
+
+class ToyTargetClient(BaseClient):
+    """The programmatic target/surrogate/compressor: offline, free, deterministic."""
+
+    backend = "toy"
+
+    def __init__(self, cfg: ModelConfig, cache: RequestCache, world: Optional[ToyWorld] = None, **kw):
+        super().__init__(cfg, cache, **kw)
+        self.world = world or ToyWorld()
+
+    async def _call(self, messages: Messages) -> dict:
+        text = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        p = parse_problem(text)
+        if self.cfg.model == "toy-compressor":
+            summary = self.world.compress(text)
+            return {"answer": summary, "summary": None, "usage": _toy_usage(text, summary), "finish_reason": "stop"}
+        if p is None:
+            return {"answer": "I can't help with that request.", "summary": "", "usage": _toy_usage(text, ""),
+                    "finish_reason": "stop"}
+        if self.cfg.model == "toy-surrogate":
+            out = self.world.surrogate_response(p)
+            return {"answer": out, "summary": None, "usage": _toy_usage(text, out), "finish_reason": "stop"}
+        r = self.world.target_response(p)
+        usage = _toy_usage(text, r["answer"])
+        usage["reasoning_tokens"] = len(r["hidden_trace"].split()) * 3
+        usage["output_tokens"] += usage["reasoning_tokens"]
+        return {"answer": r["answer"], "summary": r["summary"], "usage": usage, "finish_reason": "stop"}
+
+
+def _toy_usage(inp: str, out: str) -> dict:
+    return {"input_tokens": len(inp.split()), "output_tokens": len(out.split()), "reasoning_tokens": 0}
+
+
+class _OpenAIBase(BaseClient):
+    def __init__(self, cfg: ModelConfig, cache: RequestCache, **kw):
+        super().__init__(cfg, cache, **kw)
+        self._client = None
+
+    def client(self):
+        if self._client is None:
+            import httpx
+            from openai import AsyncOpenAI
+
+            key = self.cfg.api_key() or "EMPTY"  # local servers accept any key
+            limits = httpx.Limits(max_connections=self.cfg.concurrency + 8,
+                                  max_keepalive_connections=self.cfg.concurrency + 8)
+            self._client = AsyncOpenAI(
+                api_key=key, base_url=self.cfg.base_url, max_retries=0, timeout=self.cfg.timeout_s,
+                http_client=httpx.AsyncClient(limits=limits, timeout=self.cfg.timeout_s),
+            )
+        return self._client
+
+    async def _guarded(self, coro) -> Any:
+        import openai
+
+        try:
+            return await coro
+        except openai.RateLimitError as e:
+            raise RetryableError(f"429 rate limited", _retry_after(e.response)) from None
+        except openai.InternalServerError as e:
+            raise RetryableError(f"{e.status_code} server error", _retry_after(e.response)) from None
+        except (openai.APITimeoutError, openai.APIConnectionError) as e:
+            raise RetryableError(f"{type(e).__name__}") from None
+        except openai.APIStatusError as e:
+            if e.status_code in (408, 409) or e.status_code >= 500:
+                raise RetryableError(f"{e.status_code}", _retry_after(e.response)) from None
+            raise PermanentError(f"HTTP {e.status_code}: {str(e.message)[:200]}") from None
+        except (json.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError) as e:
+            raise RetryableError(f"malformed response: {type(e).__name__}") from None
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _retry_after(response) -> Optional[float]:
+    try:
+        v = response.headers.get("retry-after")
+        return float(v) if v is not None else None
+    except (AttributeError, ValueError):
+        return None
+
+
+class OpenAIResponsesClient(_OpenAIBase):
+    """OpenAI Responses API; answer = output text, summary = reasoning summary parts."""
+
+    backend = "openai-responses"
+
+    def payload(self, messages: Messages) -> dict:
+        s = self.cfg.sampling
+        return {"input": messages, "reasoning": {"effort": self.cfg.reasoning_effort, "summary": self.cfg.reasoning_summary},
+                "max_output_tokens": s.max_new_tokens, "n": 1}
+
+    async def _call(self, messages: Messages) -> dict:
+        kwargs: dict = {"model": self.cfg.model, "input": messages, "max_output_tokens": self.cfg.sampling.max_new_tokens}
+        if self.cfg.reasoning_effort or self.cfg.reasoning_summary:
+            kwargs["reasoning"] = {k: v for k, v in {"effort": self.cfg.reasoning_effort,
+                                                      "summary": self.cfg.reasoning_summary}.items() if v}
+        r = await self._guarded(self.client().responses.create(**kwargs))
+        return parse_responses_output(r)
+
+
+def parse_responses_output(r: Any) -> dict:
+    """Normalise a Responses API object: answer, summary (parts joined in order), usage."""
+    if isinstance(r, (str, bytes)):
+        raise ValueError("response body is not an object")
+    output = getattr(r, "output", None)
+    if output is None:
+        raise ValueError("response has no output")
+    parts = []
+    for item in output:
+        if getattr(item, "type", None) == "reasoning":
+            for s in getattr(item, "summary", None) or []:
+                t = getattr(s, "text", None)
+                if t:
+                    parts.append(t)
+    u = getattr(r, "usage", None)
+    usage = {
+        "input_tokens": getattr(u, "input_tokens", 0) or 0,
+        "output_tokens": getattr(u, "output_tokens", 0) or 0,
+        "reasoning_tokens": getattr(getattr(u, "output_tokens_details", None), "reasoning_tokens", 0) or 0,
+    }
+    status = getattr(r, "status", None)
+    finish = "length" if status == "incomplete" else "stop"
+    return {"answer": r.output_text or "", "summary": "\n\n".join(parts), "usage": usage, "finish_reason": finish,
+            "response_id": getattr(r, "id", None)}
+
+
+class OpenAIChatClient(_OpenAIBase):
+    """Any OpenAI-compatible chat server (vLLM, SGLang, DeepSeek-style)."""
+
+    backend = "openai-chat"
+
+    async def _call(self, messages: Messages) -> dict:
+        s = self.cfg.sampling
+        extra: dict = {}
+        if s.top_k != -1:
+            extra["top_k"] = s.top_k
+        if s.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = s.repetition_penalty
+        r = await self._guarded(self.client().chat.completions.create(
+            model=self.cfg.model, messages=messages, temperature=s.temperature, top_p=s.top_p,
+            max_tokens=s.max_new_tokens, n=s.n, seed=s.seed, extra_body=extra or None,
+        ))
+        return parse_chat_output(r)
+
+
+def parse_chat_output(r: Any) -> dict:
+    choices = getattr(r, "choices", None)
+    if not choices:
+        raise ValueError("no choices in response")
+    answers, summaries, finishes = [], [], []
+    for c in choices:
+        msg = c.message
+        extra = getattr(msg, "model_extra", None) or {}
+        answers.append(msg.content or "")
+        summaries.append(extra.get("reasoning_content") or extra.get("reasoning") or None)
+        finishes.append(c.finish_reason)
+    u = getattr(r, "usage", None)
+    details = getattr(u, "completion_tokens_details", None)
+    usage = {
+        "input_tokens": getattr(u, "prompt_tokens", 0) or 0,
+        "output_tokens": getattr(u, "completion_tokens", 0) or 0,
+        "reasoning_tokens": getattr(details, "reasoning_tokens", 0) or 0 if details else 0,
+    }
+    out = {"answer": answers[0], "summary": summaries[0], "usage": usage, "finish_reason": finishes[0]}
+    if len(choices) > 1:
+        out["samples"] = [{"answer": a, "summary": s, "finish_reason": f} for a, s, f in zip(answers, summaries, finishes)]
+    return out
+
+
+def make_client(cfg: ModelConfig, cache: RequestCache, world: Optional[ToyWorld] = None) -> BaseClient:
+    if cfg.backend == "toy":
+        return ToyTargetClient(cfg, cache, world=world)
+    if cfg.backend == "openai-responses":
+        return OpenAIResponsesClient(cfg, cache)
+    if cfg.backend == "openai-chat":
+        return OpenAIChatClient(cfg, cache)
+    raise ValueError(f"backend {cfg.backend!r} has no request client here; fix: use toy, openai-responses or openai-chat")

@@ -1,0 +1,130 @@
+"""Target query: ask the black-box target each problem; record answer and summary."""
+
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Optional
+
+from distilabel.steps import Step, StepInput
+from pydantic import Field, PrivateAttr
+
+if TYPE_CHECKING:
+    from distilabel.typing import StepColumns, StepOutput
+
+
+class QueryTarget(Step):
+    """Ask the target model each problem and record its answer and reasoning summary.
+
+    Every request goes through the project's request cache (``cache_path``): a rerun
+    after a crash replays finished requests and pays for none. Requests run
+    concurrently (``target.concurrency``) with retries on 429/5xx/timeouts. A row
+    whose request fails permanently, or (with ``require_summary``) comes back with no
+    summary, keeps its place with ``query_error`` set to the reason; nothing is dropped.
+
+    Attributes:
+        target: a ``ModelConfig`` as a dict (backend toy, openai-responses or openai-chat).
+        cache_path: the request cache file.
+        toy_world: ``ToyWorldConfig`` fields for the toy backend.
+        require_summary: treat an empty summary as a failure.
+        system_prompt: optional system message sent before the problem.
+
+    Input columns:
+        - id (str): row id.
+        - problem (str): the problem text, sent as the user message.
+
+    Output columns:
+        - target_answer (str): the target's final answer text (None on failure).
+        - target_summary (str): its reasoning summary (None if it exposes none).
+        - target_usage (dict): input/output/reasoning tokens.
+        - target_cost_usd (float): cost of this row at the configured prices (0 when replayed).
+        - target_model (str): the model name.
+        - query_error (str): None, or why the row failed.
+        - query_attempts (int): HTTP attempts made (0 when replayed from the cache).
+
+    Examples:
+        ```python
+        step = QueryTarget(target={"backend": "toy", "model": "toy-target"}, cache_path="cache.sqlite")
+        step.load()
+        next(step.process([{"id": "1", "problem": "Evaluate left to right modulo 10: 3 + 4"}]))
+        ```
+    """
+
+    target: dict
+    cache_path: str
+    toy_world: Optional[dict] = None
+    require_summary: bool = False
+    system_prompt: Optional[str] = None
+    total_rows: Optional[int] = Field(None, description="For the progress bar.")
+
+    _client: Any = PrivateAttr(None)
+    _bar: Any = PrivateAttr(None)
+
+    @property
+    def inputs(self) -> "StepColumns":
+        return ["id", "problem"]
+
+    @property
+    def outputs(self) -> "StepColumns":
+        return ["target_answer", "target_summary", "target_usage", "target_cost_usd", "target_model",
+                "query_error", "query_attempts"]
+
+    def load(self) -> None:
+        super().load()
+        from trace_inversion.cache import RequestCache
+        from trace_inversion.clients import make_client
+        from trace_inversion.config import ModelConfig, ToyWorldConfig
+        from trace_inversion.toy_world import ToyWorld
+
+        cfg = ModelConfig.model_validate(self.target)
+        world = ToyWorld.from_config(ToyWorldConfig.model_validate(self.toy_world or {}))
+        self._client = make_client(cfg, RequestCache(self.cache_path), world=world)
+
+    def unload(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        super().unload()
+
+    def format_messages(self, problem: str) -> list[dict]:
+        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return msgs + [{"role": "user", "content": problem}]
+
+    def parse_result(self, row: dict, result) -> dict:
+        from trace_inversion.clients import cost_of
+
+        out = dict(row)
+        out.update(target_model=self._client.cfg.model, query_attempts=result.attempts)
+        if not result.ok:
+            out.update(target_answer=None, target_summary=None, target_usage=None, target_cost_usd=0.0,
+                       query_error=result.error)
+            return out
+        r = result.response
+        usage = r.get("usage", {})
+        error = None
+        if not (r.get("answer") or "").strip():
+            error = "empty answer"
+        elif self.require_summary and not (r.get("summary") or "").strip():
+            error = "empty summary (require_summary is set)"
+        out.update(target_answer=r.get("answer"), target_summary=r.get("summary") or None, target_usage=usage,
+                   target_cost_usd=0.0 if result.cached else cost_of(usage, self._client.cfg), query_error=error)
+        return out
+
+    def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        from tqdm.auto import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=self.total_rows, desc="query target", unit="row", dynamic_ncols=True)
+
+        async def run() -> list:
+            results = await self._client.query_many([self.format_messages(r["problem"]) for r in inputs])
+            await self._client.aclose()
+            return results
+
+        try:
+            results = asyncio.run(run())
+        except Exception as e:  # never let distilabel turn a batch into None rows
+            from trace_inversion.clients import CallResult
+
+            results = [CallResult(False, error=f"internal error: {type(e).__name__}: {e}")] * len(inputs)
+        self._bar.update(len(inputs))
+        u = self._client.usage
+        self._bar.set_postfix(cost=f"${u.cost_usd:.4f}", cached=u.cached_requests)
+        yield [self.parse_result(r, res) for r, res in zip(inputs, results)]
