@@ -87,7 +87,7 @@ class ModelConfig(_Strict):
     model: str = Field(description="Model id, local folder, or toy-* name for the toy backend.")
     base_url: Optional[str] = Field(None, description="Server URL for openai-* backends.")
     api_key_env: Optional[str] = Field(None, description="Name of the environment variable holding the API key.")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Decoding parameters.")
     reasoning_effort: Optional[Literal["minimal", "low", "medium", "high"]] = Field(
         None, description="Responses API reasoning effort."
     )
@@ -166,16 +166,16 @@ class DataConfig(_Strict):
     problem_column: str = Field("problem", min_length=1, description="Column holding the problem text.")
     id_column: Optional[str] = Field("id", description="Column with a unique row id (None: row index).")
     limit: Optional[int] = Field(None, ge=1, description="Use only the first N rows.")
-    toy: ToyWorldConfig = Field(default_factory=ToyWorldConfig)
+    toy: ToyWorldConfig = Field(default_factory=ToyWorldConfig, description="Toy-world settings (source: toy).")
 
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
         if v == "toy":
             return v
-        if _HUB_ID.match(v) and not Path(v).exists():
-            return v
         p = Path(v)
+        if _HUB_ID.match(v) and p.suffix not in DATA_SUFFIXES and not p.exists():
+            return v
         if not p.suffix or p.suffix not in DATA_SUFFIXES:
             raise ValueError(
                 f"source {v!r} is neither 'toy', a Hub id (owner/name), nor a data file; "
@@ -224,9 +224,9 @@ class RunConfig(_Strict):
     seed: int = Field(0, ge=0, description="Global seed.")
     cache_path: Optional[str] = Field(None, description="Request cache file (default: <output.dir>/requests.sqlite).")
     budget_usd: Optional[float] = Field(None, ge=0, description="Stop cleanly before spending more than this.")
-    data: DataConfig = Field(default_factory=DataConfig)
-    models: ModelsConfig = Field(default_factory=ModelsConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="Input problems.")
+    models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model roles.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Output locations.")
 
     @field_validator("name")
     @classmethod

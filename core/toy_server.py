@@ -55,6 +55,7 @@ class ServerState:
     counts: Counter = field(default_factory=Counter)  # body hash -> requests received
     paid: Counter = field(default_factory=Counter)  # body hash -> successful responses
     in_flight: int = 0
+    in_flight_keys: Counter = field(default_factory=Counter)
     total: int = 0
     rng: random.Random = field(default_factory=random.Random)
 
@@ -160,6 +161,7 @@ def make_app(state: ServerState):
         state.total += 1
         attempt = state.counts[key]
         state.in_flight += 1
+        state.in_flight_keys[key] += 1
         try:
             if f.latency:
                 await asyncio.sleep(f.latency)
@@ -191,6 +193,9 @@ def make_app(state: ServerState):
             return web.json_response(builder(body, answer, summary, trace, key))
         finally:
             state.in_flight -= 1
+            state.in_flight_keys[key] -= 1
+            if not state.in_flight_keys[key]:
+                del state.in_flight_keys[key]
 
     async def responses(request):
         return await handle(request, "responses")
@@ -203,7 +208,7 @@ def make_app(state: ServerState):
 
     async def stats(request):
         return web.json_response({
-            "total": state.total, "in_flight": state.in_flight, "distinct": len(state.counts),
+            "total": state.total, "in_flight": state.in_flight, "in_flight_keys": list(state.in_flight_keys), "distinct": len(state.counts),
             "counts": dict(state.counts), "paid": dict(state.paid),
         })
 

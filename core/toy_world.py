@@ -209,7 +209,10 @@ def check_steps(p: Problem, trace: str) -> dict:
 
     Returns ``{"steps": n written, "correct": n right, "all_correct": bool,
     "first_error": index or None}``. A step is right when it applies the problem's
-    operation to the previous running value and computes it correctly.
+    operation to the running value the trace carries (the previous step's result, the
+    start for the first) and computes it correctly; so after one wrong step, later
+    steps done right on the wrong value still count as right, and ``all_correct``
+    means every step is right and the count matches the problem.
     """
     steps = [(int(a), op, int(b), int(c)) for a, op, b, c in _TARGET_STEP.findall(trace or "")]
     if not steps:
@@ -220,12 +223,12 @@ def check_steps(p: Problem, trace: str) -> dict:
             v = int(c)
     correct, first_error, v = 0, None, p.start
     for i, (a, op, b, c) in enumerate(steps):
-        ok = i < len(p.steps) and (op, b) == p.steps[i] and a == v and c == apply(v, op, b, p.modulus)
+        ok = i < len(p.steps) and (op, b) == p.steps[i] and a == v and c == apply(a, op, b, p.modulus)
         if ok:
             correct += 1
         elif first_error is None:
             first_error = i
-        v = apply(v, p.steps[i][0], p.steps[i][1], p.modulus) if i < len(p.steps) else v
+        v = c
     all_ok = len(steps) == len(p.steps) and correct == len(p.steps)
     return {"steps": len(steps), "correct": correct, "all_correct": all_ok, "first_error": first_error}
 

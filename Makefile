@@ -1,0 +1,9 @@
+.PHONY: setup demo test test-fast bench
+setup:      ## create .venv with everything installed
+	bash scripts/setup_env.sh
+demo:       ## the main job: the toy-world demo, offline, CPU, no key
+	bash scripts/demo.sh
+test:       ## every test tier (what CI runs)
+	bash scripts/test.sh
+test-fast:  ## unit tests only
+	bash scripts/test.sh -m "not slow"
