@@ -51,6 +51,11 @@ def cmd_query_target(args) -> int:
     from trace_inversion.pipelines.query_target import run_query_target
 
     rows = load_rows(cfg.data, args.split)
+    if args.dry_run:
+        from trace_inversion.pipelines.query_target import dry_run
+
+        print(json.dumps(dry_run(cfg, rows), indent=2))
+        return 0
     stats = run_query_target(cfg, rows, args.split)
     print(json.dumps(stats, indent=2))
     return 0
@@ -134,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "server) for each problem, through the request cache; a rerun pays nothing twice.")
     _add_config_args(p)
     p.add_argument("--split", default="train", help="input split (toy: train or test)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="query only a sample (query.dry_run_sample rows) and estimate the cost of the whole set")
     p.set_defaults(func=cmd_query_target)
 
     p = sub.add_parser("config", help="tool: show, validate or print the schema of run configs",

@@ -69,12 +69,76 @@ class RetryableError(Exception):
 
 def backoff_delay(attempt: int, base: float = 0.25, cap: float = 30.0, retry_after: Optional[float] = None,
                   rng: random.Random | None = None) -> float:
-    """Full-jitter exponential backoff; a server's Retry-After is a floor."""
+    """How long to wait before retry number ``attempt + 1``.
+
+    A server's ``Retry-After`` is obeyed (plus up to 10% jitter so that clients do not
+    return in lockstep); without one, full-jitter exponential backoff capped at ``cap``.
+    """
     rng = rng or random
-    delay = rng.uniform(0, min(cap, base * (2 ** attempt)))
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return delay
+    if retry_after is not None and 0 <= retry_after <= 600:
+        return retry_after * (1 + 0.1 * rng.random())
+    return rng.uniform(0, min(cap, base * (2 ** attempt)))
+
+
+class BudgetExceeded(Exception):
+    pass
+
+
+class Budget:
+    """A spending cap shared by the requests of one run.
+
+    Before a request is sent, its cost is reserved at the largest cost seen so far
+    (while nothing has been seen, one request at a time probes the price); a request
+    whose reservation would cross the cap is not sent. Actual costs replace the
+    reservations as responses land, so spending never exceeds the cap.
+    """
+
+    def __init__(self, cap_usd: Optional[float]):
+        self.cap = cap_usd
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.max_seen: Optional[float] = None
+        self._probe: Optional[asyncio.Lock] = None
+        self._probe_loop = None
+        self.refused = 0
+
+    async def reserve(self) -> float:
+        if self.cap is None:
+            return 0.0
+        if self.max_seen is None:
+            loop = asyncio.get_running_loop()
+            if self._probe is None or self._probe_loop is not loop:  # one loop per batch
+                self._probe, self._probe_loop = asyncio.Lock(), loop
+            await self._probe.acquire()
+            if self.max_seen is None:  # still unknown: this request is the probe
+                if self.spent >= self.cap:
+                    self._probe.release()
+                    raise BudgetExceeded(self._msg())
+                return -1.0
+            self._probe.release()
+        est = self.max_seen
+        if self.spent + self.reserved + est > self.cap:
+            self.refused += 1
+            raise BudgetExceeded(self._msg())
+        self.reserved += est
+        return est
+
+    def settle(self, reservation: float, actual: float, failed: bool = False) -> None:
+        if self.cap is None:
+            self.spent += actual
+            return
+        if reservation < 0:  # the probe
+            if not failed:
+                self.max_seen = actual
+            self.spent += actual
+            self._probe.release()
+            return
+        self.reserved -= reservation
+        self.spent += actual
+        self.max_seen = max(self.max_seen or 0.0, actual)
+
+    def _msg(self) -> str:
+        return f"budget cap reached: spent ${self.spent:.4f} of ${self.cap:.4f}; raise budget_usd and rerun to continue"
 
 
 def cost_of(usage: dict, cfg: ModelConfig) -> float:
@@ -85,10 +149,11 @@ def cost_of(usage: dict, cfg: ModelConfig) -> float:
 class BaseClient:
     backend = "base"
 
-    def __init__(self, cfg: ModelConfig, cache: RequestCache, rng_seed: int = 0):
+    def __init__(self, cfg: ModelConfig, cache: RequestCache, rng_seed: int = 0, budget: Optional[Budget] = None):
         self.cfg = cfg
         self.cache = cache
         self.usage = Usage()
+        self.budget = budget or Budget(None)
         self._sem: Optional[asyncio.Semaphore] = None
         self._sem_loop: Optional[asyncio.AbstractEventLoop] = None
         self._rng = random.Random(rng_seed)
@@ -109,6 +174,17 @@ class BaseClient:
         t0 = time.monotonic()
         attempts = 0
 
+        async def paid_call() -> dict:
+            # Only a cache miss reaches here: reserve budget, call, settle the actual cost.
+            reservation = await self.budget.reserve()
+            try:
+                response = await attempt_loop()
+            except BaseException:
+                self.budget.settle(reservation, 0.0, failed=True)
+                raise
+            self.budget.settle(reservation, cost_of(response.get("usage", {}), self.cfg))
+            return response
+
         async def attempt_loop() -> dict:
             nonlocal attempts
             while True:
@@ -126,8 +202,8 @@ class BaseClient:
                                                   rng=self._rng))
 
         try:
-            response, cached = await self.cache.acall(self.backend, self.cfg.model, self.payload(messages), attempt_loop)
-        except PermanentError as e:
+            response, cached = await self.cache.acall(self.backend, self.cfg.model, self.payload(messages), paid_call)
+        except (PermanentError, BudgetExceeded) as e:
             return CallResult(False, error=str(e), attempts=attempts, latency_s=time.monotonic() - t0)
         self.usage.add(response.get("usage", {}), cost_of(response.get("usage", {}), self.cfg), cached)
         return CallResult(True, response=response, attempts=attempts, cached=cached, latency_s=time.monotonic() - t0)
@@ -313,11 +389,12 @@ def parse_chat_output(r: Any) -> dict:
     return out
 
 
-def make_client(cfg: ModelConfig, cache: RequestCache, world: Optional[ToyWorld] = None) -> BaseClient:
+def make_client(cfg: ModelConfig, cache: RequestCache, world: Optional[ToyWorld] = None,
+                budget: Optional[Budget] = None) -> BaseClient:
     if cfg.backend == "toy":
-        return ToyTargetClient(cfg, cache, world=world)
+        return ToyTargetClient(cfg, cache, world=world, budget=budget)
     if cfg.backend == "openai-responses":
-        return OpenAIResponsesClient(cfg, cache)
+        return OpenAIResponsesClient(cfg, cache, budget=budget)
     if cfg.backend == "openai-chat":
-        return OpenAIChatClient(cfg, cache)
+        return OpenAIChatClient(cfg, cache, budget=budget)
     raise ValueError(f"backend {cfg.backend!r} has no request client here; fix: use toy, openai-responses or openai-chat")

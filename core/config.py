@@ -210,6 +210,30 @@ class OutputConfig(_Strict):
         return v
 
 
+DEFAULT_REFUSALS = [r"^\s*(I'm sorry|I am sorry|Sorry)[,.]? (but )?I (can't|cannot|won't)",
+                    r"^\s*I (can't|cannot|won't|am unable to) (help|assist|comply|provide)"]
+
+
+class QueryConfig(_Strict):
+    """How the target is queried (the query-target stage)."""
+
+    system_prompt: Optional[str] = Field(None, description="System message sent before each problem.")
+    require_summary: bool = Field(False, description="Treat a response without a reasoning summary as a failure.")
+    refusal_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSALS),
+                                        description="Regexes (case-insensitive) that mark an answer as a refusal.")
+    dry_run_sample: int = Field(20, ge=1, le=10_000, description="Rows queried by --dry-run to estimate cost.")
+
+    @field_validator("refusal_patterns")
+    @classmethod
+    def _regexes(cls, v: list[str]) -> list[str]:
+        for pat in v:
+            try:
+                re.compile(pat)
+            except re.error as e:
+                raise ValueError(f"refusal pattern {pat!r} is not a valid regex ({e}); fix: escape special characters")
+        return v
+
+
 class ModelsConfig(_Strict):
     target: Optional[ModelConfig] = Field(None, description="The black-box model whose reasoning is hidden.")
     surrogate: Optional[ModelConfig] = Field(None, description="Open reasoning model with visible traces.")
@@ -223,7 +247,8 @@ class RunConfig(_Strict):
     name: str = Field("default", description="Run name (letters, digits, . _ -).")
     seed: int = Field(0, ge=0, description="Global seed.")
     cache_path: Optional[str] = Field(None, description="Request cache file (default: <output.dir>/requests.sqlite).")
-    budget_usd: Optional[float] = Field(None, ge=0, description="Stop cleanly before spending more than this.")
+    budget_usd: Optional[float] = Field(None, ge=0, description="Stop cleanly before spending more than this (new spending in this run; replays are free).")
+    query: QueryConfig = Field(default_factory=QueryConfig, description="Target-query settings.")
     data: DataConfig = Field(default_factory=DataConfig, description="Input problems.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model roles.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output locations.")
@@ -234,6 +259,15 @@ class RunConfig(_Strict):
         if not _SLUG.match(v) or ".." in v:
             raise ValueError(f"name must be letters, digits, '.', '_' or '-' (no '/' or '..'), got {v!r}; fix: e.g. gpt5-mini-math")
         return v
+
+    @model_validator(mode="after")
+    def _budget_needs_prices(self) -> "RunConfig":
+        t = self.models.target
+        if self.budget_usd is not None and t is not None and t.backend != "toy" and \
+                t.price_input_per_mtok == 0 and t.price_output_per_mtok == 0:
+            raise ValueError("budget_usd is set but models.target has no prices, so spending cannot be measured; "
+                             "fix: set models.target.price_input_per_mtok and price_output_per_mtok")
+        return self
 
     @property
     def resolved_cache_path(self) -> Path:

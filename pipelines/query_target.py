@@ -39,6 +39,10 @@ def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target")
             toy_world=cfg.data.toy.model_dump(mode="json"),
             input_batch_size=batch,
             total_rows=len(rows),
+            require_summary=cfg.query.require_summary,
+            system_prompt=cfg.query.system_prompt,
+            refusal_patterns=cfg.query.refusal_patterns,
+            budget_usd=cfg.budget_usd,
         )
         load >> query
     return pipeline
@@ -77,4 +81,44 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
         "output_dir": str(out_dir),
     }
     write_json(stats, out_dir / "stats.json")
+    from trace_inversion.hub_cards.card import write_stage_card
+
+    write_stage_card(out_dir, "query-target", cfg, stats, {"target": len(ok), "failures": len(failed)})
     return stats
+
+
+def dry_run(cfg: RunConfig, rows: list[dict]) -> dict:
+    """Query a sample (through the cache: nothing here is paid twice later) and
+    extrapolate cost and tokens to all rows."""
+    import asyncio
+    import random
+
+    from trace_inversion.cache import RequestCache
+    from trace_inversion.clients import cost_of, make_client
+    from trace_inversion.toy_world import ToyWorld
+
+    k = min(cfg.query.dry_run_sample, len(rows))
+    sample = random.Random(cfg.seed).sample(rows, k)
+    client = make_client(cfg.models.target, RequestCache(cfg.resolved_cache_path), world=ToyWorld.from_config(cfg.data.toy))
+    sys_msg = [{"role": "system", "content": cfg.query.system_prompt}] if cfg.query.system_prompt else []
+
+    async def go():
+        try:
+            return await client.query_many([sys_msg + [{"role": "user", "content": r["problem"]}] for r in sample])
+        finally:
+            await client.aclose()
+
+    results = asyncio.run(go())
+    ok = [r for r in results if r.ok]
+    costs = [cost_of(r.response.get("usage", {}), cfg.models.target) for r in ok]
+    mean = sum(costs) / len(costs) if costs else 0.0
+    tok_in = sum(r.response["usage"].get("input_tokens", 0) for r in ok) / max(1, len(ok))
+    tok_out = sum(r.response["usage"].get("output_tokens", 0) for r in ok) / max(1, len(ok))
+    return {
+        "rows": len(rows), "sample": k, "sample_failures": k - len(ok),
+        "sample_cost_usd": round(client.usage.cost_usd, 6),
+        "mean_cost_per_row_usd": round(mean, 6), "estimated_total_cost_usd": round(mean * len(rows), 4),
+        "mean_input_tokens": round(tok_in, 1), "mean_output_tokens": round(tok_out, 1),
+        "estimated_output_tokens": int(tok_out * len(rows)),
+        "within_budget": None if cfg.budget_usd is None else mean * len(rows) <= cfg.budget_usd,
+    }

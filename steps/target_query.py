@@ -53,9 +53,12 @@ class QueryTarget(Step):
     toy_world: Optional[dict] = None
     require_summary: bool = False
     system_prompt: Optional[str] = None
+    refusal_patterns: list = Field(default_factory=list, description="Regexes marking a refusal.")
+    budget_usd: Optional[float] = Field(None, description="Cap on new spending by this step.")
     total_rows: Optional[int] = Field(None, description="For the progress bar.")
 
     _client: Any = PrivateAttr(None)
+    _refusals: list = PrivateAttr(default_factory=list)
     _bar: Any = PrivateAttr(None)
 
     @property
@@ -69,14 +72,17 @@ class QueryTarget(Step):
 
     def load(self) -> None:
         super().load()
+        import re
+
         from trace_inversion.cache import RequestCache
-        from trace_inversion.clients import make_client
+        from trace_inversion.clients import Budget, make_client
         from trace_inversion.config import ModelConfig, ToyWorldConfig
         from trace_inversion.toy_world import ToyWorld
 
         cfg = ModelConfig.model_validate(self.target)
         world = ToyWorld.from_config(ToyWorldConfig.model_validate(self.toy_world or {}))
-        self._client = make_client(cfg, RequestCache(self.cache_path), world=world)
+        self._client = make_client(cfg, RequestCache(self.cache_path), world=world, budget=Budget(self.budget_usd))
+        self._refusals = [re.compile(p, re.I) for p in self.refusal_patterns]
 
     def unload(self) -> None:
         if self._bar is not None:
@@ -99,8 +105,11 @@ class QueryTarget(Step):
         r = result.response
         usage = r.get("usage", {})
         error = None
-        if not (r.get("answer") or "").strip():
+        answer = (r.get("answer") or "").strip()
+        if not answer:
             error = "empty answer"
+        elif any(p.search(answer) for p in self._refusals):
+            error = f"refusal: {answer[:80]}"
         elif self.require_summary and not (r.get("summary") or "").strip():
             error = "empty summary (require_summary is set)"
         out.update(target_answer=r.get("answer"), target_summary=r.get("summary") or None, target_usage=usage,

@@ -27,11 +27,11 @@ def test_help_lists_pipelines():
 
 
 def test_installed_entry_point():
-    import shutil
+    from pathlib import Path
 
-    exe = shutil.which("trace-inversion")
-    assert exe, "the console script is installed with the package"
-    assert "query-target" in subprocess.run([exe, "--help"], capture_output=True, text=True).stdout
+    exe = Path(sys.executable).parent / "trace-inversion"  # beside the interpreter, PATH or not
+    assert exe.exists(), "the console script is installed with the package"
+    assert "query-target" in subprocess.run([str(exe), "--help"], capture_output=True, text=True).stdout
 
 
 def test_config_validate_reports_field_and_fix(tmp_path):

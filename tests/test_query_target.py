@@ -1,0 +1,142 @@
+"""The query-target stage end to end: real distilabel pipeline, real local servers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import polars as pl
+import pytest
+import yaml
+
+from trace_inversion.config import load_config
+from trace_inversion.data import load_rows
+from trace_inversion.pipelines.query_target import dry_run, run_query_target
+from trace_inversion.toy_world import boxed_value
+
+pytestmark = pytest.mark.slow
+
+
+def config(tmp_path, srv=None, backend="openai-responses", **over):
+    target = {"backend": backend, "model": "toy-target", "concurrency": 8,
+              "price_input_per_mtok": 1000.0, "price_output_per_mtok": 1000.0}
+    if srv is not None:
+        target["base_url"] = srv.base_url
+    if backend == "openai-responses":
+        target.update(reasoning_effort="medium", reasoning_summary="auto")
+    target.update(over.pop("target", {}))
+    data = {"name": "t", "data": {"source": "toy", "toy": {"n_train": over.pop("n", 60), "n_test": 0}},
+            "models": {"target": target}, "output": {"dir": str(tmp_path / "out")}}
+    data.update(over)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path), path
+
+
+def outputs(tmp_path):
+    base = tmp_path / "out" / "target_query" / "data"
+    return pl.read_parquet(base / "target" / "train.parquet"), pl.read_parquet(base / "failures" / "train.parquet")
+
+
+def test_output_is_a_loadable_dataset_folder(tmp_path):
+    import datasets
+
+    cfg, _ = config(tmp_path, backend="toy", target={"model": "toy-target"})
+    stats = run_query_target(cfg)
+    assert stats["rows_out"] == 60 and stats["failures"] == 0
+    folder = tmp_path / "out" / "target_query"
+    ds = datasets.load_dataset(str(folder), "target", split="train")
+    assert ds.num_rows == 60 and set(ds.column_names) >= {"id", "problem", "target_answer", "target_summary"}
+    rows = {r["id"]: r for r in load_rows(cfg.data)}
+    assert all(boxed_value(r["target_answer"]) == rows[r["id"]]["reference_answer"] for r in ds)
+    card = (folder / "README.md").read_text()
+    assert "config_name: target" in card and "config_name: failures" in card
+
+
+def test_budget_cap_stops_cleanly_then_rerun_continues(toy_server, tmp_path):
+    srv = toy_server(latency=0.02)
+    cfg, _ = config(tmp_path, srv, budget_usd=1.0, target={"concurrency": 4})
+    stats = run_query_target(cfg)
+    ok, failed = outputs(tmp_path)
+    assert ok.height + failed.height == 60
+    assert 0 < ok.height < 60
+    assert all(e.startswith("budget cap reached") for e in failed["query_error"])
+    assert stats["cost_usd"] <= 1.0  # never exceeds the cap
+    sent = srv.stats()["total"]
+    assert sent == ok.height  # rows refused by the budget were never sent
+    cfg2, _ = config(tmp_path, srv, budget_usd=100.0, target={"concurrency": 4})
+    run_query_target(cfg2)
+    ok2, failed2 = outputs(tmp_path)
+    assert ok2.height == 60 and failed2.height == 0
+    assert srv.stats()["total"] == 60  # the first run's rows were replayed, not re-sent
+
+
+def test_dry_run_estimates_from_a_sample(toy_server, tmp_path):
+    srv = toy_server()
+    cfg, _ = config(tmp_path, srv, n=200, query={"dry_run_sample": 10})
+    est = dry_run(cfg, load_rows(cfg.data))
+    assert est["sample"] == 10 and srv.stats()["total"] == 10
+    assert est["estimated_total_cost_usd"] == pytest.approx(est["mean_cost_per_row_usd"] * 200, rel=1e-6)
+    assert est["mean_cost_per_row_usd"] > 0
+    run_query_target(cfg)
+    assert srv.stats()["total"] == 200  # the sampled rows were not paid twice
+    ok, _ = outputs(tmp_path)
+    assert ok["target_cost_usd"].sum() == pytest.approx(est["mean_cost_per_row_usd"] * 190, rel=0.2)
+
+
+def test_refusals_and_missing_summaries_go_to_failures(toy_server, tmp_path):
+    srv = toy_server(p_refusal=0.3, p_empty_summary=0.3, seed=1)
+    cfg, _ = config(tmp_path, srv, query={"require_summary": True})
+    stats = run_query_target(cfg)
+    ok, failed = outputs(tmp_path)
+    assert ok.height + failed.height == 60
+    reasons = stats["failure_reasons"]
+    assert any(k.startswith("refusal:") for k in reasons)
+    assert reasons.get("empty summary (require_summary is set)", 0) > 0
+    assert ok["target_summary"].null_count() == 0
+
+
+def test_responses_fault_storm_with_sigkill_and_rerun(toy_server, tmp_path):
+    """429 (Retry-After), 500, timeouts and malformed bodies, a SIGKILL mid-run, a rerun:
+    every row ends in the output or in failures, and no finished request is paid twice."""
+    srv = toy_server(latency=0.05, p429=0.15, retry_after=0.05, p500=0.1, p_timeout=0.05, timeout_stall=3,
+                     p_malformed=0.05, seed=3)
+    cfg, path = config(tmp_path, srv, n=160, target={"timeout_s": 0.5, "max_retries": 2, "concurrency": 8})
+    cmd = [sys.executable, "-m", "trace_inversion.cli", "query-target", "--config", str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    from test_resume_sigkill import cache_entries
+
+    deadline = time.time() + 120
+    while cache_entries(cfg.resolved_cache_path) < 50:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    paid_before = srv.stats()["paid"]
+    time.sleep(0.3)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ok, failed = outputs(tmp_path)
+    assert ok.height + failed.height == 160 and len(set(ok["id"]) | set(failed["id"])) == 160
+    assert failed["query_error"].null_count() == 0
+    paid = srv.stats()["paid"]
+    # a request answered (paid) before the kill and committed to the cache is never answered again
+    cached_keys = cache_entries(cfg.resolved_cache_path)
+    twice = [k for k, v in paid.items() if v > 1]
+    assert len(twice) <= 8, twice  # at most the requests in flight at the kill
+    assert cached_keys == ok.height + sum(1 for e in failed["query_error"] if not e.startswith("gave up"))
+
+
+def test_chat_path_against_vllm_cpu_server(vllm_server, tmp_path):
+    cfg, _ = config(tmp_path, backend="openai-chat", n=12,
+                    target={"model": "tiny", "base_url": vllm_server.base_url, "price_input_per_mtok": 0,
+                            "price_output_per_mtok": 0, "sampling": {"max_new_tokens": 12, "temperature": 1.0, "seed": 7}},
+                    query={"refusal_patterns": []})
+    stats = run_query_target(cfg)
+    ok, failed = outputs(tmp_path)
+    assert ok.height + failed.height == 12 and ok.height > 0, stats
+    assert set(stats["failure_reasons"]) <= {"empty answer"}  # an untrained model may emit only whitespace
+    assert stats["output_tokens"] > 0 and stats["http_attempts"] == 12
+    assert all(0 < u["output_tokens"] <= 12 for u in ok["target_usage"].to_list())
