@@ -163,16 +163,14 @@ def make_app(state: ServerState):
         state.in_flight += 1
         state.in_flight_keys[key] += 1
         try:
-            if f.latency:
-                await asyncio.sleep(f.latency)
-            if attempt <= f.fail_first:
-                return web.json_response({"error": {"message": "rate limited", "type": "rate_limit"}}, status=429,
-                                         headers={"Retry-After": str(f.retry_after)})
+            # A rate limiter answers at once, before any work is done.
             r = state.rng.random()
             edges = [f.p429, f.p500, f.p_timeout, f.p_malformed]
-            if r < edges[0]:
+            if attempt <= f.fail_first or r < edges[0]:
                 return web.json_response({"error": {"message": "rate limited", "type": "rate_limit"}}, status=429,
                                          headers={"Retry-After": str(f.retry_after)})
+            if f.latency:
+                await asyncio.sleep(f.latency)
             r -= edges[0]
             if r < edges[1]:
                 return web.json_response({"error": {"message": "internal error", "type": "server_error"}}, status=500)

@@ -116,3 +116,59 @@ def test_backoff_is_jittered_capped_and_honours_retry_after(attempt):
     ds = [backoff_delay(attempt, base=0.25, cap=5, rng=rng) for _ in range(200)]
     assert all(0 <= d <= min(5, 0.25 * 2 ** attempt) for d in ds) and len(set(ds)) > 100
     assert all(backoff_delay(attempt, cap=5, retry_after=7, rng=rng) >= 7 for _ in range(20))
+
+
+def test_parse_responses_joins_summary_parts_of_every_reasoning_item_in_order():
+    from trace_inversion.clients import parse_responses_output
+
+    body = {"id": "r1", "status": "completed", "output": [
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "**Plan** first"},
+                                          {"type": "summary_text", "text": "second"}]},
+        {"type": "reasoning", "summary": []},
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "third"}]},
+        {"type": "message", "content": [{"type": "output_text", "text": "The answer is "},
+                                        {"type": "refusal", "refusal": "x"},
+                                        {"type": "output_text", "text": "\\boxed{7}."}]}],
+        "usage": {"input_tokens": 5, "output_tokens": 50, "output_tokens_details": {"reasoning_tokens": 40}}}
+    r = parse_responses_output(body)
+    assert r["summary"] == "**Plan** first\n\nsecond\n\nthird"
+    assert r["answer"] == "The answer is \\boxed{7}."
+    assert r["usage"] == {"input_tokens": 5, "output_tokens": 50, "reasoning_tokens": 40}
+    assert parse_responses_output({**body, "status": "incomplete"})["finish_reason"] == "length"
+    assert parse_responses_output({"output": [], "usage": None})["summary"] == ""
+
+
+@pytest.mark.parametrize("bad", [None, "text", {"id": "x"}, {"output": "nope"}])
+def test_parse_responses_rejects_malformed_bodies(bad):
+    from trace_inversion.clients import parse_responses_output
+
+    with pytest.raises(ValueError):
+        parse_responses_output(bad)
+
+
+def test_parse_chat_reasoning_content_and_samples():
+    from trace_inversion.clients import parse_chat_output
+
+    body = {"choices": [{"message": {"content": "a", "reasoning_content": "why"}, "finish_reason": "stop"},
+                        {"message": {"content": "b", "reasoning": "r2"}, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 9}}
+    r = parse_chat_output(body)
+    assert (r["answer"], r["summary"]) == ("a", "why")
+    assert r["samples"][1] == {"answer": "b", "summary": "r2", "finish_reason": "length"}
+    assert parse_chat_output({"choices": [{"message": {"content": "x"}}]})["summary"] is None
+    with pytest.raises(ValueError):
+        parse_chat_output({"choices": []})
+
+
+def test_budget_never_exceeded_under_concurrency(toy_server, tmp_path):
+    from trace_inversion.clients import Budget
+
+    srv = toy_server(latency=0.02)
+    batch, _ = msgs(40)
+    budget = Budget(0.5)
+    cfg = responses_cfg(srv.base_url, price_input_per_mtok=1000.0, price_output_per_mtok=1000.0, concurrency=16)
+    res = run(make_client(cfg, RequestCache(tmp_path / "c.sqlite"), budget=budget), batch)
+    ok = [r for r in res if r.ok]
+    assert 0 < len(ok) < 40 and budget.spent <= 0.5
+    assert all(r.error.startswith("budget cap reached") for r in res if not r.ok)
+    assert srv.stats()["total"] == len(ok)
