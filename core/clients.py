@@ -159,14 +159,19 @@ class BaseClient:
         self._rng = random.Random(rng_seed)
 
     # subclasses: payload for the cache key, and the raw call
-    def payload(self, messages: Messages) -> dict:
+    def payload(self, messages: Messages, seed: Optional[int] = None) -> dict:
         s = self.cfg.sampling
-        return {"messages": messages, "params": s.model_dump(exclude={"n"}), "n": s.n}
+        params = s.model_dump(exclude={"n"})
+        if seed is not None:
+            params["seed"] = seed
+        return {"messages": messages, "params": params, "n": s.n}
 
-    async def _call(self, messages: Messages) -> dict:
+    async def _call(self, messages: Messages, seed: Optional[int] = None) -> dict:
         raise NotImplementedError
 
-    async def query(self, messages: Messages) -> CallResult:
+    async def query(self, messages: Messages, seed: Optional[int] = None) -> CallResult:
+        """One request; ``seed`` (for resampling) overrides the sampling seed and is
+        part of the cache key."""
         loop = asyncio.get_running_loop()
         if self._sem is None or self._sem_loop is not loop:
             # Steps run one event loop per batch; a semaphore belongs to one loop.
@@ -191,7 +196,7 @@ class BaseClient:
                 attempts += 1
                 try:
                     async with self._sem:
-                        return await asyncio.wait_for(self._call(messages), timeout=self.cfg.timeout_s)
+                        return await asyncio.wait_for(self._call(messages, seed), timeout=self.cfg.timeout_s)
                 except asyncio.TimeoutError:
                     err: Exception = RetryableError(f"timeout after {self.cfg.timeout_s}s")
                 except RetryableError as e:
@@ -202,17 +207,23 @@ class BaseClient:
                                                   rng=self._rng))
 
         try:
-            response, cached = await self.cache.acall(self.backend, self.cfg.model, self.payload(messages), paid_call)
+            response, cached = await self.cache.acall(self.backend, self.cfg.model, self.payload(messages, seed), paid_call)
         except (PermanentError, BudgetExceeded) as e:
             return CallResult(False, error=str(e), attempts=attempts, latency_s=time.monotonic() - t0)
         self.usage.add(response.get("usage", {}), cost_of(response.get("usage", {}), self.cfg), cached)
         return CallResult(True, response=response, attempts=attempts, cached=cached, latency_s=time.monotonic() - t0)
 
-    async def query_many(self, batch: list[Messages]) -> list[CallResult]:
-        return list(await asyncio.gather(*(self.query(m) for m in batch)))
+    async def query_many(self, batch: list[Messages], seeds: Optional[list[Optional[int]]] = None) -> list[CallResult]:
+        seeds = seeds or [None] * len(batch)
+        return list(await asyncio.gather(*(self.query(m, sd) for m, sd in zip(batch, seeds))))
 
-    def query_many_sync(self, batch: list[Messages]) -> list[CallResult]:
-        return asyncio.run(self.query_many(batch))
+    def query_many_sync(self, batch: list[Messages], seeds: Optional[list[Optional[int]]] = None) -> list[CallResult]:
+        async def go():
+            try:
+                return await self.query_many(batch, seeds)
+            finally:
+                await self.aclose()
+        return asyncio.run(go())
 
     async def aclose(self) -> None:
         pass
@@ -227,7 +238,7 @@ class ToyTargetClient(BaseClient):
         super().__init__(cfg, cache, **kw)
         self.world = world or ToyWorld()
 
-    async def _call(self, messages: Messages) -> dict:
+    async def _call(self, messages: Messages, seed: Optional[int] = None) -> dict:
         text = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
         p = parse_problem(text)
         if self.cfg.model == "toy-compressor":
@@ -305,12 +316,12 @@ class OpenAIResponsesClient(_OpenAIBase):
 
     backend = "openai-responses"
 
-    def payload(self, messages: Messages) -> dict:
+    def payload(self, messages: Messages, seed: Optional[int] = None) -> dict:
         s = self.cfg.sampling
         return {"input": messages, "reasoning": {"effort": self.cfg.reasoning_effort, "summary": self.cfg.reasoning_summary},
-                "max_output_tokens": s.max_new_tokens, "n": 1}
+                "max_output_tokens": s.max_new_tokens, "n": 1, "attempt_seed": seed}
 
-    async def _call(self, messages: Messages) -> dict:
+    async def _call(self, messages: Messages, seed: Optional[int] = None) -> dict:
         body: dict = {"input": messages, "max_output_tokens": self.cfg.sampling.max_new_tokens}
         if self.cfg.reasoning_effort or self.cfg.reasoning_summary:
             body["reasoning"] = {k: v for k, v in {"effort": self.cfg.reasoning_effort,
@@ -355,12 +366,13 @@ class OpenAIChatClient(_OpenAIBase):
 
     backend = "openai-chat"
 
-    async def _call(self, messages: Messages) -> dict:
+    async def _call(self, messages: Messages, seed: Optional[int] = None) -> dict:
         s = self.cfg.sampling
         body: dict = {"messages": messages, "temperature": s.temperature, "top_p": s.top_p,
                       "max_tokens": s.max_new_tokens, "n": s.n}
-        if s.seed is not None:
-            body["seed"] = s.seed
+        seed = seed if seed is not None else s.seed
+        if seed is not None:
+            body["seed"] = seed
         if s.top_k != -1:
             body["top_k"] = s.top_k
         if s.repetition_penalty != 1.0:

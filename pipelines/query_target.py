@@ -34,7 +34,7 @@ def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target")
         load = LoadDataFromDicts(name="load_problems", data=rows, batch_size=batch)
         query = QueryTarget(
             name="query_target",
-            target=cfg.models.target.model_dump(mode="json"),
+            model=cfg.models.target.model_dump(mode="json"),
             cache_path=str(cfg.resolved_cache_path.resolve()),
             toy_world=cfg.data.toy.model_dump(mode="json"),
             input_batch_size=batch,

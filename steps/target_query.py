@@ -1,17 +1,17 @@
 """Target query: ask the black-box target each problem; record answer and summary."""
 
+from typing import TYPE_CHECKING, Optional
 
-import asyncio
-from typing import TYPE_CHECKING, Any, Optional
-
-from distilabel.steps import Step, StepInput
+from distilabel.steps import StepInput
 from pydantic import Field, PrivateAttr
+
+from trace_inversion.steps.base import ModelStep
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
 
-class QueryTarget(Step):
+class QueryTarget(ModelStep):
     """Ask the target model each problem and record its answer and reasoning summary.
 
     Every request goes through the project's request cache (``cache_path``): a rerun
@@ -21,7 +21,8 @@ class QueryTarget(Step):
     summary, keeps its place with ``query_error`` set to the reason; nothing is dropped.
 
     Attributes:
-        target: a ``ModelConfig`` as a dict (backend toy, openai-responses or openai-chat).
+        model: the target, a ``ModelConfig`` as a dict (backend toy, openai-responses
+            or openai-chat; vllm/transformers work too, for open targets).
         cache_path: the request cache file.
         toy_world: ``ToyWorldConfig`` fields for the toy backend.
         require_summary: treat an empty summary as a failure.
@@ -42,24 +43,18 @@ class QueryTarget(Step):
 
     Examples:
         ```python
-        step = QueryTarget(target={"backend": "toy", "model": "toy-target"}, cache_path="cache.sqlite")
+        step = QueryTarget(model={"backend": "toy", "model": "toy-target"}, cache_path="cache.sqlite")
         step.load()
         next(step.process([{"id": "1", "problem": "Evaluate left to right modulo 10: 3 + 4"}]))
         ```
     """
 
-    target: dict
-    cache_path: str
-    toy_world: Optional[dict] = None
     require_summary: bool = False
     system_prompt: Optional[str] = None
     refusal_patterns: list = Field(default_factory=list, description="Regexes marking a refusal.")
-    budget_usd: Optional[float] = Field(None, description="Cap on new spending by this step.")
-    total_rows: Optional[int] = Field(None, description="For the progress bar.")
+    progress_label: str = "query target"
 
-    _client: Any = PrivateAttr(None)
     _refusals: list = PrivateAttr(default_factory=list)
-    _bar: Any = PrivateAttr(None)
 
     @property
     def inputs(self) -> "StepColumns":
@@ -71,23 +66,10 @@ class QueryTarget(Step):
                 "query_error", "query_attempts"]
 
     def load(self) -> None:
-        super().load()
         import re
 
-        from trace_inversion.cache import RequestCache
-        from trace_inversion.clients import Budget, make_client
-        from trace_inversion.config import ModelConfig, ToyWorldConfig
-        from trace_inversion.toy_world import ToyWorld
-
-        cfg = ModelConfig.model_validate(self.target)
-        world = ToyWorld.from_config(ToyWorldConfig.model_validate(self.toy_world or {}))
-        self._client = make_client(cfg, RequestCache(self.cache_path), world=world, budget=Budget(self.budget_usd))
+        super().load()
         self._refusals = [re.compile(p, re.I) for p in self.refusal_patterns]
-
-    def unload(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        super().unload()
 
     def format_messages(self, problem: str) -> list[dict]:
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -97,7 +79,7 @@ class QueryTarget(Step):
         from trace_inversion.clients import cost_of
 
         out = dict(row)
-        out.update(target_model=self._client.cfg.model, query_attempts=result.attempts)
+        out.update(target_model=self.model_name, query_attempts=result.attempts)
         if not result.ok:
             out.update(target_answer=None, target_summary=None, target_usage=None, target_cost_usd=0.0,
                        query_error=result.error)
@@ -113,27 +95,9 @@ class QueryTarget(Step):
         elif self.require_summary and not (r.get("summary") or "").strip():
             error = "empty summary (require_summary is set)"
         out.update(target_answer=r.get("answer"), target_summary=r.get("summary") or None, target_usage=usage,
-                   target_cost_usd=0.0 if result.cached else cost_of(usage, self._client.cfg), query_error=error)
+                   target_cost_usd=0.0 if result.cached else cost_of(usage, self._gen.cfg), query_error=error)
         return out
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        from tqdm.auto import tqdm
-
-        if self._bar is None:
-            self._bar = tqdm(total=self.total_rows, desc="query target", unit="row", dynamic_ncols=True)
-
-        async def run() -> list:
-            results = await self._client.query_many([self.format_messages(r["problem"]) for r in inputs])
-            await self._client.aclose()
-            return results
-
-        try:
-            results = asyncio.run(run())
-        except Exception as e:  # never let distilabel turn a batch into None rows
-            from trace_inversion.clients import CallResult
-
-            results = [CallResult(False, error=f"internal error: {type(e).__name__}: {e}")] * len(inputs)
-        self._bar.update(len(inputs))
-        u = self._client.usage
-        self._bar.set_postfix(cost=f"${u.cost_usd:.4f}", cached=u.cached_requests)
+        results = self.call_model([self.format_messages(r["problem"]) for r in inputs])
         yield [self.parse_result(r, res) for r, res in zip(inputs, results)]

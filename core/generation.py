@@ -1,0 +1,46 @@
+"""One generation interface over every backend (API clients and local engines)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .cache import RequestCache
+from .clients import Budget, CallResult, make_client
+from .config import ModelConfig
+from .toy_world import ToyWorld
+
+LOCAL = ("vllm", "transformers")
+
+
+class Generator:
+    """``generate(conversations, seeds=None) -> [CallResult]`` for any ModelConfig.
+
+    toy / openai-responses / openai-chat go through the async clients (concurrency,
+    retries, budget); vllm / transformers through the local engines (batched). All
+    through the same request cache.
+    """
+
+    def __init__(self, cfg: ModelConfig, cache: RequestCache, world: Optional[ToyWorld] = None,
+                 budget: Optional[Budget] = None, **engine_kw):
+        self.cfg = cfg
+        if cfg.backend in LOCAL:
+            from .engines import make_engine
+
+            self.engine = make_engine(cfg, cache, **engine_kw)
+            self.client = None
+        else:
+            self.client = make_client(cfg, cache, world=world, budget=budget)
+            self.engine = None
+
+    @property
+    def usage(self):
+        return (self.engine or self.client).usage
+
+    def generate(self, batch: list[list[dict]], seeds: Optional[list[Optional[int]]] = None) -> list[CallResult]:
+        if self.engine is not None:
+            return self.engine.generate(batch, seeds)
+        return self.client.query_many_sync(batch, seeds)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
