@@ -61,6 +61,43 @@ def cmd_query_target(args) -> int:
     return 0
 
 
+def cmd_build_inverter_data(args) -> int:
+    cfg = _config_from(args)
+    from .data import load_rows
+    from trace_inversion.pipelines.build_inverter_data import run_build_inverter_data
+
+    stats = run_build_inverter_data(cfg, load_rows(cfg.data, args.split))
+    table = stats.pop("style_table")
+    print(json.dumps(stats, indent=2))
+    print("\nSummary style report:\n" + table)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .training import list_recipes, run_sft
+
+    if args.list:
+        print("\n".join(list_recipes()))
+        return 0
+    if not (args.recipe and args.model and args.data and args.output):
+        print("error: --recipe, --model, --data and --output are required (or --list)", file=sys.stderr)
+        return 2
+    overrides = {"model_name_or_path": args.model, "dataset_name": args.data, "output_dir": args.output}
+    if args.data_config:
+        overrides["dataset_config"] = args.data_config
+    for item in args.overrides:
+        k, _, v = item.partition("=")
+        import yaml
+
+        overrides[k.strip()] = yaml.safe_load(v)
+    res = run_sft(args.recipe, overrides, args.output + ".run")
+    losses = [l["loss"] for l in res["losses"] if "loss" in l]
+    print(json.dumps({"output_dir": res["output_dir"], "seconds": res["seconds"], "logged_steps": len(losses),
+                      "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None},
+                     indent=2))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from trace_inversion.pipelines.demo import run_demo
 
@@ -142,6 +179,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="query only a sample (query.dry_run_sample rows) and estimate the cost of the whole set")
     p.set_defaults(func=cmd_query_target)
+
+    p = sub.add_parser("build-inverter-data",
+                       help="pipeline: surrogate traces + simulated summaries -> inverter SFT data",
+                       description="Run the surrogate on the problems, compress its traces into summaries in the "
+                                   "target's style (bubbles/recap/prompt file), and write the inverter's SFT data "
+                                   "with and without summaries, plus a summary style report.")
+    _add_config_args(p)
+    p.add_argument("--split", default="train", help="input split (toy: train or test)")
+    p.set_defaults(func=cmd_build_inverter_data)
+
+    p = sub.add_parser("train", help="pipeline: run a `trl sft` recipe (inverter or student) for real",
+                       description="Resolve a recipe from recipes/ with a model, a dataset folder and an output "
+                                   "folder, then run `trl sft --config` on it.")
+    p.add_argument("--recipe", help="recipe path or packaged name (see --list), e.g. tiny/inverter.yaml")
+    p.add_argument("--model", help="model folder or Hub id")
+    p.add_argument("--data", help="dataset folder (a stage output) or Hub id")
+    p.add_argument("--data-config", help="dataset config, e.g. with_summary / without_summary")
+    p.add_argument("--output", "-o", help="output folder for the trained model")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set max_steps=50")
+    p.add_argument("--list", action="store_true", help="list packaged recipes")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("config", help="tool: show, validate or print the schema of run configs",
                        description="Config tools. `show` prints the embedded default (or a file, normalised).")

@@ -234,6 +234,25 @@ class QueryConfig(_Strict):
         return v
 
 
+class InverterDataConfig(_Strict):
+    """How the inverter's training data is built (the build-inverter-data stage)."""
+
+    summary_style: Literal["bubbles", "recap"] = Field(
+        "bubbles", description="Compressor preset: bubbles (v1, numbered short steps) or recap (v2, first-person "
+        "bold-header sections).")
+    prompt_file: Optional[str] = Field(None, description="A compressor system prompt file (overrides summary_style).")
+    target_release: Optional[str] = Field(
+        None, description="A query-target output folder whose real summaries the style report compares against.")
+    max_model_len: Optional[int] = Field(None, ge=64, description="vLLM context length for local engines.")
+
+    @field_validator("prompt_file", "target_release")
+    @classmethod
+    def _exists(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not Path(v).exists():
+            raise ValueError(f"{v!r} does not exist; fix: check the path")
+        return v
+
+
 class ModelsConfig(_Strict):
     target: Optional[ModelConfig] = Field(None, description="The black-box model whose reasoning is hidden.")
     surrogate: Optional[ModelConfig] = Field(None, description="Open reasoning model with visible traces.")
@@ -249,6 +268,8 @@ class RunConfig(_Strict):
     cache_path: Optional[str] = Field(None, description="Request cache file (default: <output.dir>/requests.sqlite).")
     budget_usd: Optional[float] = Field(None, ge=0, description="Stop cleanly before spending more than this (new spending in this run; replays are free).")
     query: QueryConfig = Field(default_factory=QueryConfig, description="Target-query settings.")
+    inverter_data: InverterDataConfig = Field(default_factory=InverterDataConfig,
+                                              description="Inverter training-data settings.")
     data: DataConfig = Field(default_factory=DataConfig, description="Input problems.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model roles.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output locations.")

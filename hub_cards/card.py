@@ -30,7 +30,8 @@ def configs_block(folder: Path) -> list[dict]:
     return out
 
 
-def render_card(folder: Path, title: str, stage: str, cfg_dict: dict, stats: dict, counts: dict[str, int]) -> str:
+def render_card(folder: Path, title: str, stage: str, cfg_dict: dict, stats: dict, counts: dict[str, int],
+                extra_sections: dict[str, str] | None = None) -> str:
     header = {"configs": configs_block(folder), "tags": ["trace-inversion", stage], "license": "other"}
     lines = [
         "---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
@@ -38,6 +39,7 @@ def render_card(folder: Path, title: str, stage: str, cfg_dict: dict, stats: dic
         f"Produced by the `{stage}` stage of trace-inversion {__version__}.", "",
         "## Rows", "", "| config | rows |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in counts.items()], "",
+        *[line for name, body in (extra_sections or {}).items() for line in (f"## {name}", "", body, "")],
         "## Statistics", "", "```json", json.dumps(scrub(stats), indent=2, sort_keys=True, default=str), "```", "",
         "## Run configuration (secrets scrubbed)", "", "```yaml",
         yaml.safe_dump(scrub(cfg_dict), sort_keys=False).rstrip(), "```", "",
@@ -48,9 +50,10 @@ def render_card(folder: Path, title: str, stage: str, cfg_dict: dict, stats: dic
     return "\n".join(lines)
 
 
-def write_stage_card(folder: Path, stage: str, cfg: Any, stats: dict, counts: dict[str, int]) -> Path:
+def write_stage_card(folder: Path, stage: str, cfg: Any, stats: dict, counts: dict[str, int],
+                     extra_sections: dict[str, str] | None = None) -> Path:
     folder = Path(folder)
-    text = render_card(folder, f"{cfg.name}: {stage}", stage, cfg.scrubbed_dict(), stats, counts)
+    text = render_card(folder, f"{cfg.name}: {stage}", stage, cfg.scrubbed_dict(), stats, counts, extra_sections)
     path = folder / "README.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text, encoding="utf-8")
