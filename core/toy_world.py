@@ -161,7 +161,7 @@ class ToyWorld:
     # ------------------------------------------------------------------ surrogate
     def surrogate_trace(self, p: Problem) -> tuple[str, int]:
         """(visible trace in the surrogate's notation, its final answer)."""
-        rng = random.Random(f"surrogate:{self.seed}:{p.id}:{p.text}")
+        rng = random.Random(f"surrogate:{self.seed}:{p.text}")  # a model sees only the prompt
         lines, v = [f"start {p.start}"], p.start
         for i, (op, b) in enumerate(p.steps):
             nv = apply(v, op, b, p.modulus)
