@@ -73,6 +73,15 @@ def cmd_build_inverter_data(args) -> int:
     return 0
 
 
+def cmd_invert(args) -> int:
+    cfg = _config_from(args)
+    from trace_inversion.pipelines.invert import load_inversion_rows, run_invert
+
+    stats = run_invert(cfg, load_inversion_rows(cfg))
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
 def cmd_train(args) -> int:
     from .training import list_recipes, run_sft
 
@@ -188,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--split", default="train", help="input split (toy: train or test)")
     p.set_defaults(func=cmd_build_inverter_data)
+
+    p = sub.add_parser("invert", help="pipeline: write full traces from target answers + summaries, verified",
+                       description="Run the inverter on a query-target output (or any dataset with problem / "
+                                   "answer / summary columns); resample traces that do not reach the target's "
+                                   "answer (verified synthesis); write inverted, unfiltered and rejected rows with "
+                                   "reasons and overlap metrics.")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_invert)
 
     p = sub.add_parser("train", help="pipeline: run a `trl sft` recipe (inverter or student) for real",
                        description="Resolve a recipe from recipes/ with a model, a dataset folder and an output "

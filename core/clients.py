@@ -240,6 +240,8 @@ class ToyTargetClient(BaseClient):
 
     async def _call(self, messages: Messages, seed: Optional[int] = None) -> dict:
         text = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        if self.cfg.model == "toy-inverter":
+            return self._invert(text, seed)
         p = parse_problem(text)
         if self.cfg.model == "toy-compressor":
             summary = self.world.compress(text)
@@ -254,7 +256,20 @@ class ToyTargetClient(BaseClient):
         usage = _toy_usage(text, r["answer"])
         usage["reasoning_tokens"] = len(r["hidden_trace"].split()) * 3
         usage["output_tokens"] += usage["reasoning_tokens"]
-        return {"answer": r["answer"], "summary": r["summary"], "usage": usage, "finish_reason": "stop"}
+        # "trace": the hidden trace, exposed only because the toy target is open (oracle
+        # data for overlap metrics and the target-traces student); API targets hide it.
+        return {"answer": r["answer"], "summary": r["summary"], "trace": r["hidden_trace"], "usage": usage,
+                "finish_reason": "stop"}
+
+    def _invert(self, prompt: str, seed: Optional[int]) -> dict:
+        from .prompts import parse_inverter_prompt
+
+        parts = parse_inverter_prompt(prompt)
+        p = parse_problem(parts.get("problem") or "")
+        if p is None:
+            return {"answer": "", "summary": None, "usage": _toy_usage(prompt, ""), "finish_reason": "stop"}
+        trace = self.world.invert(p, parts.get("answer"), parts.get("summary"), seed)
+        return {"answer": trace, "summary": None, "usage": _toy_usage(prompt, trace), "finish_reason": "stop"}
 
 
 def _toy_usage(inp: str, out: str) -> dict:

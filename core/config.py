@@ -27,7 +27,7 @@ _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _TAG = re.compile(r"^v[0-9]+(\.[0-9]+)*$")
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
-TOY_MODELS = ("toy-target", "toy-surrogate", "toy-compressor")
+TOY_MODELS = ("toy-target", "toy-surrogate", "toy-compressor", "toy-inverter")
 
 
 class ConfigError(ValueError):
@@ -149,6 +149,10 @@ class ToyWorldConfig(_Strict):
         3, ge=0, description="The surrogate is right on its first k steps and errs after them (systematic weakness)."
     )
     surrogate_error_rate: float = Field(0.3, ge=0.0, le=1.0, description="Per-step error rate past the reliable steps.")
+    inverter_error_rate: float = Field(0.1, ge=0.0, le=1.0, description="toy-inverter: per-step error rate on steps "
+                                       "the summary does not reveal.")
+    inverter_forces_answer: float = Field(0.5, ge=0.0, le=1.0, description="toy-inverter: probability that a trace "
+                                          "whose steps miss the answer writes the given answer anyway.")
 
     @field_validator("ops")
     @classmethod
@@ -253,6 +257,31 @@ class InverterDataConfig(_Strict):
         return v
 
 
+class InvertConfig(_Strict):
+    """Inversion with verified synthesis (the invert stage)."""
+
+    source: Optional[str] = Field(None, description="A query-target output folder, or a .parquet/.jsonl file with "
+                                  "problem/answer/summary columns (default: <output.dir>/target_query).")
+    with_summary: bool = Field(True, description="Give the inverter the target's summary (the paper's main setting).")
+    samples_per_round: int = Field(1, ge=1, le=64, description="Samples per row per round.")
+    max_attempts: int = Field(4, ge=1, le=64, description="Rounds of sampling before a row is rejected "
+                              "(1 = no resampling, the paper's unverified setting).")
+    unverifiable: Literal["keep", "reject"] = Field("keep", description="What to do with traces whose consistency "
+                                                     "cannot be verified.")
+    answer_column: str = Field("target_answer", description="Column with the target's answer.")
+    summary_column: str = Field("target_summary", description="Column with the target's summary.")
+    ground_truth_column: Optional[str] = Field("target_trace", description="Column with ground-truth traces for "
+                                               "overlap metrics (open targets, toy world); skipped when absent.")
+    max_model_len: Optional[int] = Field(None, ge=64, description="vLLM context length for local engines.")
+
+    @field_validator("source")
+    @classmethod
+    def _exists(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not Path(v).exists():
+            raise ValueError(f"{v!r} does not exist; fix: point invert.source at a query-target output folder or a file")
+        return v
+
+
 class ModelsConfig(_Strict):
     target: Optional[ModelConfig] = Field(None, description="The black-box model whose reasoning is hidden.")
     surrogate: Optional[ModelConfig] = Field(None, description="Open reasoning model with visible traces.")
@@ -270,6 +299,7 @@ class RunConfig(_Strict):
     query: QueryConfig = Field(default_factory=QueryConfig, description="Target-query settings.")
     inverter_data: InverterDataConfig = Field(default_factory=InverterDataConfig,
                                               description="Inverter training-data settings.")
+    invert: InvertConfig = Field(default_factory=InvertConfig, description="Inversion settings.")
     data: DataConfig = Field(default_factory=DataConfig, description="Input problems.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model roles.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output locations.")

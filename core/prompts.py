@@ -65,6 +65,17 @@ def inverter_user_prompt(problem: str, answer: str, summary: Optional[str]) -> s
     return "\n\n".join(parts)
 
 
+def parse_inverter_prompt(text: str) -> dict:
+    """Inverse of ``inverter_user_prompt`` (problem, answer, summary or None)."""
+    out: dict = {"problem": None, "answer": None, "summary": None}
+    body = text.rsplit("\n\n" + INVERTER_INSTRUCTION, 1)[0]
+    for key, label in (("summary", "Reasoning summary:\n"), ("answer", "Answer:\n"), ("problem", "Problem:\n")):
+        if label in body:
+            body, _, value = body.rpartition(("\n\n" if key != "problem" else "") + label)
+            out[key] = value
+    return out
+
+
 def inverter_messages(problem: str, answer: str, summary: Optional[str], trace: Optional[str] = None) -> list[dict]:
     """Conversational format; with ``trace`` it is an SFT example whose only
     assistant turn (the only part with loss) is the trace."""

@@ -98,6 +98,8 @@ class ToyWorld:
     summary_every: int = 2
     surrogate_reliable_steps: int = 3
     surrogate_error_rate: float = 0.3
+    inverter_error_rate: float = 0.1
+    inverter_forces_answer: float = 0.5
     _seen: set = field(default_factory=set, repr=False)
 
     @classmethod
@@ -105,7 +107,9 @@ class ToyWorld:
         """From a ``ToyWorldConfig`` (or anything with the same attributes)."""
         return cls(seed=cfg.seed, n_ops=cfg.n_ops, modulus=cfg.modulus, ops=cfg.ops,
                    summary_every=cfg.summary_every, surrogate_reliable_steps=cfg.surrogate_reliable_steps,
-                   surrogate_error_rate=cfg.surrogate_error_rate)
+                   surrogate_error_rate=cfg.surrogate_error_rate,
+                   inverter_error_rate=getattr(cfg, "inverter_error_rate", 0.1),
+                   inverter_forces_answer=getattr(cfg, "inverter_forces_answer", 0.5))
 
     # ------------------------------------------------------------------ problems
     def problem(self, index: int, split: str = "train") -> Problem:
@@ -176,10 +180,44 @@ class ToyWorld:
         trace, ans = self.surrogate_trace(p)
         return f"<think>\n{trace}\n</think>\n\n{format_answer(ans)}"
 
+    # ------------------------------------------------------------------ inverter
+    def invert(self, p: Problem, answer: Optional[str], summary: Optional[str], seed: Optional[int]) -> str:
+        """A programmatic inverter (for fast tests of inversion and verified synthesis).
+
+        Writes a surrogate-notation trace. Values the summary reveals are copied; other
+        steps are wrong with probability ``inverter_error_rate`` (errors propagate).
+        When its steps miss the given answer it "argues to the answer" (writes the given
+        answer as the last value anyway) with probability ``inverter_forces_answer``,
+        else it ends at its own value: the inconsistency answer-checking can see.
+        """
+        rng = random.Random(f"inverter:{self.seed}:{p.text}:{answer}:{summary}:{seed}")
+        shown = {i: v for i, v in _summary_values(summary or "")}
+        lines, v = [f"start {p.start}"], p.start
+        for i, (op, b) in enumerate(p.steps, 1):
+            nv = apply(v, op, b, p.modulus)
+            if i in shown:
+                nv = shown[i]
+            elif rng.random() < self.inverter_error_rate:
+                nv = (nv + rng.randrange(1, p.modulus)) % p.modulus
+            lines.append(f"{OP_NAMES[op]} {b} -> {nv}")
+            v = nv
+        given = boxed_value(answer or "") or (answer or "").strip()
+        if given.isdigit() and int(given) != v and rng.random() < self.inverter_forces_answer:
+            last_op, last_b = p.steps[-1]
+            lines[-1] = f"{OP_NAMES[last_op]} {last_b} -> {given}"
+        return "\n".join(lines)
+
     # ------------------------------------------------------------------ compressor
     def compress(self, trace: str) -> str:
         """Summary of a trace (either notation) in the target's summary style."""
         return self.summary_from_values(trace_values(trace))
+
+
+_SUMMARY_VALUE = re.compile(r"step (\d+) gives (\d+)")
+
+
+def _summary_values(summary: str) -> list[tuple[int, int]]:
+    return [(int(a), int(b)) for a, b in _SUMMARY_VALUE.findall(summary)]
 
 
 def format_answer(value: int | str) -> str:

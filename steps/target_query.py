@@ -35,6 +35,8 @@ class QueryTarget(ModelStep):
     Output columns:
         - target_answer (str): the target's final answer text (None on failure).
         - target_summary (str): its reasoning summary (None if it exposes none).
+        - target_trace (str): the full trace, only from open targets that expose it
+          (the toy target: oracle data for overlap metrics); None otherwise.
         - target_usage (dict): input/output/reasoning tokens.
         - target_cost_usd (float): cost of this row at the configured prices (0 when replayed).
         - target_model (str): the model name.
@@ -62,8 +64,8 @@ class QueryTarget(ModelStep):
 
     @property
     def outputs(self) -> "StepColumns":
-        return ["target_answer", "target_summary", "target_usage", "target_cost_usd", "target_model",
-                "query_error", "query_attempts"]
+        return ["target_answer", "target_summary", "target_trace", "target_usage", "target_cost_usd",
+                "target_model", "query_error", "query_attempts"]
 
     def load(self) -> None:
         import re
@@ -81,8 +83,8 @@ class QueryTarget(ModelStep):
         out = dict(row)
         out.update(target_model=self.model_name, query_attempts=result.attempts)
         if not result.ok:
-            out.update(target_answer=None, target_summary=None, target_usage=None, target_cost_usd=0.0,
-                       query_error=result.error)
+            out.update(target_answer=None, target_summary=None, target_trace=None, target_usage=None,
+                       target_cost_usd=0.0, query_error=result.error)
             return out
         r = result.response
         usage = r.get("usage", {})
@@ -94,7 +96,8 @@ class QueryTarget(ModelStep):
             error = f"refusal: {answer[:80]}"
         elif self.require_summary and not (r.get("summary") or "").strip():
             error = "empty summary (require_summary is set)"
-        out.update(target_answer=r.get("answer"), target_summary=r.get("summary") or None, target_usage=usage,
+        out.update(target_answer=r.get("answer"), target_summary=r.get("summary") or None,
+                   target_trace=r.get("trace"), target_usage=usage,
                    target_cost_usd=0.0 if result.cached else cost_of(usage, self._gen.cfg), query_error=error)
         return out
 
