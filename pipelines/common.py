@@ -53,3 +53,11 @@ def count_reasons(rows: Iterable[dict], col: str) -> dict[str, int]:
 
 def distilabel_cache(cfg: RunConfig) -> str:
     return str(Path(cfg.output.dir) / ".distilabel")
+
+
+def step_timings(cfg: RunConfig, step_name: str) -> dict | None:
+    """What a ModelStep recorded about its time (engine load vs generation)."""
+    import json
+
+    p = cfg.resolved_cache_path.resolve().parent / "timings" / f"{step_name}.json"
+    return json.loads(p.read_text()) if p.exists() else None

@@ -23,7 +23,7 @@ from trace_inversion.config import RunConfig
 from trace_inversion.data import DataError, validate_rows
 from trace_inversion.io import write_json, write_parquet
 from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, reorder,
-                                              require_models, run_pipeline, step_kwargs)
+                                              require_models, run_pipeline, step_kwargs, step_timings)
 
 
 def load_inversion_rows(cfg: RunConfig) -> list[dict]:
@@ -124,6 +124,7 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
                                                [r[gt] for r in kept if r.get(gt)])[1]
         stats["overlap_unfiltered"] = corpus_metrics([r.get("first_trace") for r in with_gt],
                                                      [r[gt] for r in with_gt])[1]
+    stats["inverter_timings"] = step_timings(cfg, "invert")
     steps_kept = toy_step_share(kept, "inverted_trace")
     if steps_kept is not None:
         stats["toy_all_steps_correct"] = {"kept": steps_kept, "unfiltered": toy_step_share(result, "first_trace")}

@@ -28,6 +28,7 @@ class ModelStep(Step):
 
     _gen: Any = PrivateAttr(None)
     _bar: Any = PrivateAttr(None)
+    _seconds: float = PrivateAttr(0.0)
     progress_label: str = "generate"
 
     def load(self) -> None:
@@ -40,15 +41,41 @@ class ModelStep(Step):
 
         cfg = ModelConfig.model_validate(self.model)
         world = ToyWorld.from_config(ToyWorldConfig.model_validate(self.toy_world or {}))
-        kw = {"max_model_len": self.max_model_len} if cfg.backend == "vllm" and self.max_model_len else {}
+        kw: dict = {}
+        if cfg.backend == "vllm":
+            kw["in_process"] = True
+            if self.max_model_len:
+                kw["max_model_len"] = self.max_model_len
         self._gen = Generator(cfg, RequestCache(self.cache_path), world=world, budget=Budget(self.budget_usd), **kw)
 
     def unload(self) -> None:
         if self._bar is not None:
             self._bar.close()
         if self._gen is not None:
+            self.write_timings()
             self._gen.close()
         super().unload()
+
+    def timings_path(self):
+        from pathlib import Path
+
+        return Path(self.cache_path).parent / "timings" / f"{self.name}.json"
+
+    def write_timings(self) -> None:
+        """Where this step's time went (engine load vs generation), for stage stats and
+        benchmarks: the step runs in a distilabel worker process."""
+        import json
+
+        u = self._gen.usage
+        data = {"step": self.name, "backend": self._gen.cfg.backend, "seconds_in_model_calls": round(self._seconds, 3),
+                "engine_load_seconds": round(self._gen.load_seconds, 3), "requests": u.requests,
+                "cached_requests": u.cached_requests, "output_tokens": u.output_tokens, "cost_usd": u.cost_usd}
+        gen_s = self._seconds - self._gen.load_seconds
+        data["generation_seconds"] = round(gen_s, 3)
+        data["output_tokens_per_s"] = round(u.output_tokens / gen_s, 1) if gen_s > 0 else None
+        p = self.timings_path()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(data, indent=2))
 
     @property
     def model_name(self) -> str:
@@ -63,10 +90,14 @@ class ModelStep(Step):
 
         if self._bar is None:
             self._bar = tqdm(total=self.total_rows, desc=self.progress_label, unit="row", dynamic_ncols=True)
+        import time
+
+        t0 = time.monotonic()
         try:
             results = self._gen.generate(conversations, seeds)
         except Exception as e:
             results = [CallResult(False, error=f"internal error: {type(e).__name__}: {e}")] * len(conversations)
+        self._seconds += time.monotonic() - t0
         self._bar.update(len(conversations))
         u = self._gen.usage
         self._bar.set_postfix(cost=f"${u.cost_usd:.4f}", cached=u.cached_requests)
