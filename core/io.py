@@ -41,3 +41,39 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
         json.dump(obj, f, indent=2, sort_keys=True, default=str)
     os.replace(tmp, path)
     return path
+
+
+def write_split(folder: str | os.PathLike, config: str, rows: list[dict], split: str = "train") -> Path:
+    """Write one split of a dataset folder as ``data/<config>/<split>-<sha12>.parquet``.
+
+    The shard name carries a hash of its bytes: ``datasets`` caches local folders by
+    folder *name* and relative file paths (not the parent path), so two runs' folders
+    with the same name and fixed shard names would share a cache entry and a later
+    ``load_dataset`` or ``trl sft`` could read the other run's rows. Older shards of the
+    split are removed after the new one is in place (the card lists the newest only).
+    """
+    import hashlib
+
+    d = Path(folder) / "data" / config
+    tmp = write_parquet(rows, d / f".{split}.parquet.new")
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:12]
+    final = d / f"{split}-{digest}.parquet"
+    os.replace(tmp, final)
+    for old in list(d.glob(f"{split}-*.parquet")) + list(d.glob(f"{split}.parquet")):
+        if old != final:
+            old.unlink()
+    return final
+
+
+def split_path(folder: str | os.PathLike, config: str, split: str = "train") -> Path:
+    """The current shard of a split (newest, if a crash left an older one)."""
+    d = Path(folder) / "data" / config
+    files = sorted(list(d.glob(f"{split}-*.parquet")) + list(d.glob(f"{split}.parquet")),
+                   key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise FileNotFoundError(f"no {split} split of config {config!r} in {folder}")
+    return files[-1]
+
+
+def read_split(folder: str | os.PathLike, config: str, split: str = "train") -> list[dict]:
+    return read_parquet_rows(split_path(folder, config, split))

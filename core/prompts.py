@@ -97,3 +97,22 @@ def split_think(text: str) -> tuple[Optional[str], Optional[str]]:
     head, _, tail = text.partition("</think>")
     trace = head.split("<think>", 1)[-1].strip()
     return trace, tail.strip()
+
+
+def student_response(reasoning: Optional[str], answer: str) -> str:
+    """A student's target text: ``<think>\n{reasoning}\n</think>\n\n{answer}``, or the
+    bare answer when there is no reasoning (the answer-only condition)."""
+    if reasoning is None:
+        return answer
+    return f"<think>\n{reasoning}\n</think>\n\n{answer}"
+
+
+def student_messages(problem: str, reasoning: Optional[str], answer: str) -> list[dict]:
+    return [{"role": "user", "content": problem}, {"role": "assistant", "content": student_response(reasoning, answer)}]
+
+
+def final_answer_text(output: Optional[str]) -> Optional[str]:
+    """The part of a student's output that states the answer (after ``</think>``)."""
+    if output is None:
+        return None
+    return output.split("</think>", 1)[1] if "</think>" in output else output

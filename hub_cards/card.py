@@ -19,10 +19,13 @@ from trace_inversion.secrets import scrub
 
 
 def configs_block(folder: Path) -> list[dict]:
-    """``configs:`` entries for every ``data/<config>/<split>.parquet`` in ``folder``."""
+    """``configs:`` entries for the current shard of every split in ``data/<config>/``."""
+    from trace_inversion.io import split_path
+
     out = []
     for cdir in sorted(p for p in (folder / "data").iterdir() if p.is_dir()):
-        files = [{"split": f.stem.split("-")[0], "path": f"data/{cdir.name}/{f.name}"} for f in sorted(cdir.glob("*.parquet"))]
+        splits = sorted({f.name.split("-")[0].split(".")[0] for f in cdir.glob("*.parquet") if not f.name.startswith(".")})
+        files = [{"split": s, "path": f"data/{cdir.name}/{split_path(folder, cdir.name, s).name}"} for s in splits]
         if files:
             out.append({"config_name": cdir.name, "data_files": files})
     if out:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from trace_inversion.config import RunConfig
-from trace_inversion.io import write_json, write_parquet
+from trace_inversion.io import read_split, write_json, write_split
 from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, reorder,
                                               require_models, run_pipeline, step_kwargs)
 
@@ -52,10 +52,7 @@ def build_pipeline(cfg: RunConfig, rows: list[dict]):
 def target_summaries(folder: Optional[str]) -> Optional[list[str]]:
     if not folder:
         return None
-    import polars as pl
-
-    path = Path(folder) / "data" / "target" / "train.parquet"
-    return pl.read_parquet(path)["target_summary"].to_list()
+    return [r.get("target_summary") for r in read_split(folder, "target")]
 
 
 def run_build_inverter_data(cfg: RunConfig, rows: list[dict]) -> dict:
@@ -70,14 +67,12 @@ def run_build_inverter_data(cfg: RunConfig, rows: list[dict]) -> dict:
             None if r.get("messages_with_summary") else "incomplete row")
     ok = [r for r in result if r["failure"] is None]
     failed = [r for r in result if r["failure"] is not None]
-    base = out_dir / "data"
-    write_parquet([{"id": r["id"], "messages": r["messages_with_summary"]} for r in ok], base / "with_summary" / "train.parquet")
-    write_parquet([{"id": r["id"], "messages": r["messages_without_summary"]} for r in ok],
-                  base / "without_summary" / "train.parquet")
-    write_parquet([{k: r.get(k) for k in TRACE_COLUMNS + ["summary_style", "summary_prompt_sha"]} for r in ok],
-                  base / "traces" / "train.parquet")
-    write_parquet([{"id": r["id"], "problem": r["problem"], "surrogate_output": r.get("surrogate_output"),
-                    "failure": r["failure"]} for r in failed], base / "failures" / "train.parquet")
+    write_split(out_dir, "with_summary", [{"id": r["id"], "messages": r["messages_with_summary"]} for r in ok])
+    write_split(out_dir, "without_summary", [{"id": r["id"], "messages": r["messages_without_summary"]} for r in ok])
+    write_split(out_dir, "traces", [{k: r.get(k) for k in TRACE_COLUMNS + ["summary_style", "summary_prompt_sha"]}
+                                    for r in ok])
+    write_split(out_dir, "failures", [{"id": r["id"], "problem": r["problem"], "surrogate_output": r.get("surrogate_output"),
+                                       "failure": r["failure"]} for r in failed])
     reports = {"compressor": style_report([r["summary"] for r in ok], [r["surrogate_trace"] for r in ok])}
     real = target_summaries(cfg.inverter_data.target_release)
     if real is not None:

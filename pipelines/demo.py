@@ -57,8 +57,9 @@ def run_demo(output: Optional[str] = None, seeds: int = 1, config_path: Optional
         cfg = load_config(config_path, over)
         rows = load_rows(cfg.data, "train")
         stats = run_query_target(cfg, rows)
-        target = {r["id"]: r for r in __import__("polars").read_parquet(
-            Path(cfg.output.dir) / "target_query/data/target/train.parquet").to_dicts()}
+        from trace_inversion.io import read_split
+
+        target = {r["id"]: r for r in read_split(Path(cfg.output.dir) / "target_query", "target")}
         ref = {r["id"]: r["reference_answer"] for r in rows}
         acc = sum(boxed_value(t["target_answer"]) == ref[i] for i, t in target.items()) / max(1, len(rows))
         sur = _surrogate_rows(cfg, rows)

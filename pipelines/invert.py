@@ -21,7 +21,7 @@ from pathlib import Path
 
 from trace_inversion.config import RunConfig
 from trace_inversion.data import DataError, validate_rows
-from trace_inversion.io import write_json, write_parquet
+from trace_inversion.io import split_path, write_json, write_split
 from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, reorder,
                                               require_models, run_pipeline, step_kwargs, step_timings)
 
@@ -32,7 +32,10 @@ def load_inversion_rows(cfg: RunConfig) -> list[dict]:
     ic = cfg.invert
     src = Path(ic.source) if ic.source else Path(cfg.output.dir) / "target_query"
     if src.is_dir():
-        src = src / "data" / "target" / "train.parquet"
+        try:
+            src = split_path(src, "target")
+        except FileNotFoundError:
+            src = src / "data" / "target"
     if not src.exists():
         raise DataError([f"no target answers at {src}; fix: run `trace-inversion query-target` first or set "
                          "invert.source"], str(src))
@@ -96,13 +99,12 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
                 r[f"overlap_{k}"] = v
     kept = [r for r in result if r["inversion_accepted"]]
     rejected = [r for r in result if not r["inversion_accepted"]]
-    base = out_dir / "data"
-    write_parquet(kept, base / "inverted" / "train.parquet")
-    write_parquet(rejected, base / "rejected" / "train.parquet")
+    write_split(out_dir, "inverted", kept)
+    write_split(out_dir, "rejected", rejected)
     unfiltered = [{"id": r["id"], "problem": r["problem"], ic.answer_column: r[ic.answer_column],
                    "first_trace": r.get("first_trace"), "first_verdict": r.get("first_verdict")} for r in result
                   if r.get("first_trace")]
-    write_parquet(unfiltered, base / "unfiltered" / "train.parquet")
+    write_split(out_dir, "unfiltered", unfiltered)
     rounds: dict[str, int] = {}
     for r in kept:
         rounds[str(r["n_attempts"])] = rounds.get(str(r["n_attempts"]), 0) + 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from trace_inversion.config import RunConfig
 from trace_inversion.data import load_rows
-from trace_inversion.io import write_json, write_parquet
+from trace_inversion.io import write_json, write_split
 
 
 def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target"):
@@ -63,8 +63,8 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
             r.update(query_error="internal error: step crashed (see the log)", query_attempts=0, target_cost_usd=0.0)
     ok = [r for r in result if r["query_error"] is None]
     failed = [r for r in result if r["query_error"] is not None]
-    write_parquet(ok, out_dir / "data" / "target" / "train.parquet")
-    write_parquet(failed, out_dir / "data" / "failures" / "train.parquet")
+    write_split(out_dir, "target", ok)
+    write_split(out_dir, "failures", failed)
     reasons: dict[str, int] = {}
     for r in failed:
         reasons[r["query_error"]] = reasons.get(r["query_error"], 0) + 1

@@ -6,6 +6,8 @@ import sys
 
 import polars as pl
 import pytest
+
+from trace_inversion.io import split_path
 import yaml
 
 PIPELINES = ["demo", "query-target"]
@@ -90,8 +92,8 @@ def test_query_target_pipeline_with_fault_storm_loses_no_row(toy_server, tmp_pat
         "output": {"dir": str(tmp_path / "out")}}))
     r = cli("query-target", "--config", str(cfg))
     stats = json.loads(r.stdout[r.stdout.index("{"):])
-    ok = pl.read_parquet(tmp_path / "out/target_query/data/target/train.parquet")
-    failed = pl.read_parquet(tmp_path / "out/target_query/data/failures/train.parquet")
+    ok = pl.read_parquet(split_path(tmp_path / "out/target_query", "target"))
+    failed = pl.read_parquet(split_path(tmp_path / "out/target_query", "failures"))
     assert ok.height + failed.height == 150
     assert set(ok["id"]) | set(failed["id"]) == set(pl.read_parquet(tmp_path / "toy/train.parquet")["id"])
     assert failed.height > 0 and failed["query_error"].null_count() == 0

@@ -5,6 +5,8 @@ import json
 import polars as pl
 import pytest
 
+from trace_inversion.io import split_path
+
 from trace_inversion.config import load_config
 from trace_inversion.steps.inversion import InvertTraces, judge
 from trace_inversion.toy_world import ToyWorld, check_steps
@@ -94,14 +96,14 @@ def test_invert_pipeline_on_the_toy_world(tmp_path):
     stats = run_invert(cfg)
     folder = tmp_path / "out" / "inversion"
     kept = datasets.load_dataset(str(folder), "inverted", split="train")
-    rejected = pl.read_parquet(folder / "data" / "rejected" / "train.parquet")
+    rejected = pl.read_parquet(split_path(folder, "rejected"))
     assert kept.num_rows + rejected.height == 60 == stats["rows_in"]
     assert stats["first_sample"]["inconsistent"] > 0 and stats["kept"] > stats["first_sample"]["consistent"]
     assert all(json.loads(a)[-1]["verdict"] is True for a in kept["inversion_attempts"])
     assert stats["overlap_kept"]["n"] == kept.num_rows and 0 < stats["overlap_kept"]["rougeL"] <= 100
     assert 0 <= stats["toy_all_steps_correct"]["kept"] <= 1
     assert sum(stats["rejected_reasons"].values()) == rejected.height
-    unf = pl.read_parquet(folder / "data" / "unfiltered" / "train.parquet")
+    unf = pl.read_parquet(split_path(folder, "unfiltered"))
     assert unf.height == 60
     # rerun: every sample replays from the request cache
     from trace_inversion.cache import RequestCache
@@ -137,8 +139,8 @@ def _run_with(tmp_path, inverter: dict, n=24):
     run_query_target(cfg)
     stats = run_invert(cfg)
     folder = tmp_path / "out" / "inversion"
-    kept = pl.read_parquet(folder / "data" / "inverted" / "train.parquet")
-    rejected = pl.read_parquet(folder / "data" / "rejected" / "train.parquet")
+    kept = pl.read_parquet(split_path(folder, "inverted"))
+    rejected = pl.read_parquet(split_path(folder, "rejected"))
     assert kept.height + rejected.height == n
     return stats, kept
 

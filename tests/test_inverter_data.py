@@ -3,6 +3,8 @@
 import polars as pl
 import pytest
 
+from trace_inversion.io import split_path
+
 from trace_inversion.config import load_config
 from trace_inversion.data import load_rows
 from trace_inversion.prompts import (COMPRESSOR_PRESETS, compressor_prompt, inverter_messages, prompt_hash,
@@ -67,7 +69,7 @@ def test_pipeline_on_the_toy_world(tmp_path):
     folder = tmp_path / "out" / "inverter_data"
     ws = datasets.load_dataset(str(folder), "with_summary", split="train")
     wo = datasets.load_dataset(str(folder), "without_summary", split="train")
-    traces = pl.read_parquet(folder / "data" / "traces" / "train.parquet")
+    traces = pl.read_parquet(split_path(folder, "traces"))
     assert ws.num_rows == wo.num_rows == traces.height == 120
     world = ToyWorld()
     for ex, tr in zip(ws, traces.iter_rows(named=True)):
@@ -121,6 +123,6 @@ def test_surrogate_through_vllm_offline_engine(tiny_lm_dir, tmp_path):
                              "inverter_data": {"max_model_len": 512}})
     stats = run_build_inverter_data(cfg, load_rows(cfg.data))
     assert stats["rows_out"] + stats["failures"] == 12
-    failed = pl.read_parquet(tmp_path / "out" / "inverter_data" / "data" / "failures" / "train.parquet")
+    failed = pl.read_parquet(split_path(tmp_path / "out" / "inverter_data", "failures"))
     assert failed.height == 12 and all(f.startswith("truncated: no closing </think>") for f in failed["failure"])
     assert all(isinstance(o, str) and o for o in failed["surrogate_output"])

@@ -9,6 +9,8 @@ import time
 
 import polars as pl
 import pytest
+
+from trace_inversion.io import split_path
 import yaml
 
 from trace_inversion.config import load_config
@@ -36,8 +38,8 @@ def config(tmp_path, srv=None, backend="openai-responses", **over):
 
 
 def outputs(tmp_path):
-    base = tmp_path / "out" / "target_query" / "data"
-    return pl.read_parquet(base / "target" / "train.parquet"), pl.read_parquet(base / "failures" / "train.parquet")
+    base = tmp_path / "out" / "target_query"
+    return pl.read_parquet(split_path(base, "target")), pl.read_parquet(split_path(base, "failures"))
 
 
 def test_output_is_a_loadable_dataset_folder(tmp_path):

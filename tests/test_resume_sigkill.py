@@ -16,6 +16,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
+from trace_inversion.io import split_path
 import yaml
 
 N = 240
@@ -69,7 +71,7 @@ def test_sigkill_then_rerun_pays_each_request_once(toy_server, tmp_path, kill_at
     proc.wait(10)
     done_before = cache_entries(cache)
     assert 0 < done_before < N
-    assert not (tmp_path / "out" / "target_query" / "data" / "target" / "train.parquet").exists()
+    assert not list((tmp_path / "out" / "target_query").glob("data/target/*.parquet"))
     time.sleep(0.3)  # let the server finish the handlers of the dead client's requests
 
     run_cli(cfg_path)  # the same command again
@@ -83,7 +85,7 @@ def test_sigkill_then_rerun_pays_each_request_once(toy_server, tmp_path, kill_at
     assert len(repeated) <= CONCURRENCY
     assert stats["total"] == N + len(repeated)
 
-    out = pl.read_parquet(tmp_path / "out" / "target_query" / "data" / "target" / "train.parquet")
+    out = pl.read_parquet(split_path(tmp_path / "out" / "target_query", "target"))
     assert out.height == N and out["id"].n_unique() == N  # no row lost, none duplicated
     assert out["target_answer"].null_count() == 0
     assert out["query_error"].null_count() == N
@@ -91,7 +93,7 @@ def test_sigkill_then_rerun_pays_each_request_once(toy_server, tmp_path, kill_at
     total_before = stats["total"]
     run_cli(cfg_path)  # a finished run replays entirely from the cache
     assert srv.stats()["total"] == total_before
-    out2 = pl.read_parquet(tmp_path / "out" / "target_query" / "data" / "target" / "train.parquet")
+    out2 = pl.read_parquet(split_path(tmp_path / "out" / "target_query", "target"))
     replay_only = ["query_attempts", "target_cost_usd"]  # 0 when replayed: nothing was paid
     assert out2.drop(replay_only).equals(out.drop(replay_only))
     assert out2["query_attempts"].sum() == 0

@@ -1,0 +1,31 @@
+"""Stage folders: content-addressed shards keep `datasets`' cache from mixing runs."""
+
+import datasets
+
+from trace_inversion.io import read_split, split_path, write_split
+
+
+def _card(folder):
+    from trace_inversion.hub_cards.card import configs_block
+    import yaml
+
+    (folder / "README.md").write_text("---\n" + yaml.safe_dump({"configs": configs_block(folder)}) + "---\n")
+
+
+def test_same_folder_name_different_runs_never_share_a_cache_entry(tmp_path):
+    # datasets caches local folders by name + relative paths: fixed shard names would collide
+    a, b = tmp_path / "run_a" / "inverter_data", tmp_path / "run_b" / "inverter_data"
+    write_split(a, "cfg", [{"x": i} for i in range(5)])
+    write_split(b, "cfg", [{"x": i} for i in range(7)])
+    _card(a)
+    _card(b)
+    assert datasets.load_dataset(str(a), "cfg", split="train").num_rows == 5
+    assert datasets.load_dataset(str(b), "cfg", split="train").num_rows == 7
+
+
+def test_rewrite_replaces_the_shard(tmp_path):
+    first = write_split(tmp_path, "cfg", [{"x": 1}])
+    second = write_split(tmp_path, "cfg", [{"x": 2}, {"x": 3}])
+    assert first != second and not first.exists()
+    assert split_path(tmp_path, "cfg") == second and read_split(tmp_path, "cfg") == [{"x": 2}, {"x": 3}]
+    assert write_split(tmp_path, "cfg", [{"x": 2}, {"x": 3}]) == second  # same content, same name
