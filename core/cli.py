@@ -108,15 +108,82 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from trace_inversion.pipelines.demo import run_demo
+    from trace_inversion.pipelines.demo import DEMO, run_demo
 
-    overrides = {}
+    from .config import deep_merge
+
+    overrides: dict = {}
     for item in args.overrides:
-        from .config import deep_merge
-
         overrides = deep_merge(overrides, parse_override(item))
-    report = run_demo(output=args.output, seeds=args.seeds, config_path=args.config, overrides=overrides)
+    size = {}
+    for item in args.size:
+        k, _, v = item.partition("=")
+        if k not in DEMO:
+            print(f"error: --size {k}: unknown; fix: one of {sorted(DEMO)}", file=sys.stderr)
+            return 2
+        size[k] = int(v)
+    report = run_demo(output=args.output, seeds=args.seeds, config_path=args.config, overrides=overrides, size=size,
+                      inverter_backend=args.inverter_backend)
     print(report)
+    return 0
+
+
+def cmd_student_data(args) -> int:
+    cfg = _config_from(args)
+    from trace_inversion.pipelines.students import DEFAULT_CONDITIONS, run_student_data
+
+    base = Path(cfg.output.dir)
+    stats = run_student_data(cfg, Path(args.target or base / "target_query"),
+                             Path(args.surrogate) if args.surrogate else (base / "surrogate_on_targets" if (base / "surrogate_on_targets").exists() else None),
+                             Path(args.inversion or base / "inversion"),
+                             args.conditions.split(",") if args.conditions else DEFAULT_CONDITIONS)
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .cache import RequestCache
+    from .config import DataConfig, ModelConfig
+    from .data import load_rows
+    from .evaluation import evaluate_model
+    from .io import write_json, write_split
+
+    if args.benchmark == "toy":
+        data = DataConfig(toy={"seed": args.toy_seed, "n_train": args.toy_n_train, "n_test": args.limit or 500,
+                               "n_ops": args.toy_n_ops})
+        rows = load_rows(data, "test")
+        ref = "reference_answer"
+    else:
+        data = DataConfig(source=args.benchmark, split=args.split, problem_column=args.problem_column,
+                          id_column=args.id_column, limit=args.limit)
+        rows = load_rows(data, args.split)
+        ref = args.answer_column
+        missing = [r["id"] for r in rows if r.get(ref) in (None, "")]
+        if missing:
+            print(f"error: {len(missing)} rows lack {ref!r} (first: {missing[0]}); fix: set --answer-column",
+                  file=sys.stderr)
+            return 2
+    sampling = {"temperature": args.temperature, "top_p": 1.0 if args.temperature == 0 else 0.95, "top_k": -1,
+                "repetition_penalty": 1.0, "max_new_tokens": args.max_new_tokens}
+    mcfg = ModelConfig(backend=args.backend, model=args.model, sampling=sampling)
+    out = Path(args.output)
+    seeds = list(range(args.seeds)) if args.seeds > 1 else [None]
+    summary, per_row = evaluate_model(mcfg, rows, RequestCache(out / "requests.sqlite"), seeds, reference_column=ref)
+    write_split(out, "results", per_row)
+    write_json(summary, out / "accuracy.json")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from trace_inversion.hub_cards.publish import ReleaseError, publish_local
+
+    try:
+        rel = publish_local(args.stage_folder, args.repo, args.version, args.message)
+    except ReleaseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(rel, indent=2))
     return 0
 
 
@@ -178,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run every implemented stage on the embedded toy world and print a report.")
     _add_config_args(p)
     p.add_argument("--seeds", type=int, default=1, help="world seeds to run (default 1)")
+    p.add_argument("--size", action="append", default=[], metavar="KEY=N",
+                   help="override a demo size (n_train, n_test, n_ops, inverter_steps, student_steps, layers, "
+                        "max_new_tokens), e.g. --size n_train=400 for a quick run")
+    p.add_argument("--inverter-backend", choices=["vllm", "transformers"], default="vllm",
+                   help="engine that runs the trained inverter (default vllm)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("query-target", help="pipeline: ask the target for answers and reasoning summaries",
@@ -218,6 +290,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe field, e.g. --set max_steps=50")
     p.add_argument("--list", action="store_true", help="list packaged recipes")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("student-data", help="pipeline: build the paper's student conditions from stage outputs",
+                       description="Join target answers/summaries/traces, surrogate traces and inverted traces by "
+                                   "row id and write one TRL conversational config per condition.")
+    _add_config_args(p)
+    p.add_argument("--target", help="query-target folder (default <output.dir>/target_query)")
+    p.add_argument("--surrogate", help="folder with a `traces` config of surrogate traces on the same problems")
+    p.add_argument("--inversion", help="invert folder (default <output.dir>/inversion)")
+    p.add_argument("--conditions", help="comma-separated subset of conditions")
+    p.set_defaults(func=cmd_student_data)
+
+    p = sub.add_parser("evaluate", help="pipeline: evaluate a trained student on a benchmark",
+                       description="Generate with a model (transformers or vLLM) on a benchmark (toy, a local file, "
+                                   "or a Hub dataset id such as HuggingFaceH4/MATH-500), extract the final answer and "
+                                   "score it with the consistency filter's matcher; several seeds give mean and spread.")
+    p.add_argument("--model", required=True)
+    p.add_argument("--benchmark", default="toy", help="toy | FILE | Hub id")
+    p.add_argument("--split", default="test")
+    p.add_argument("--problem-column", default="problem")
+    p.add_argument("--answer-column", default="answer")
+    p.add_argument("--id-column", default="unique_id")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seeds", type=int, default=1, help="sampling seeds (use with --temperature > 0)")
+    p.add_argument("--toy-seed", type=int, default=0)
+    p.add_argument("--toy-n-train", type=int, default=2000)
+    p.add_argument("--toy-n-ops", type=int, default=6)
+    p.add_argument("--output", "-o", required=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("publish", help="tool: publish a stage folder as a versioned local release (git + tag)",
+                       description="Commit a stage folder (data/ + README card) into a release repository and tag "
+                                   "it; existing versions are refused.")
+    p.add_argument("stage_folder")
+    p.add_argument("--repo", required=True, help="release repository folder (created if missing)")
+    p.add_argument("--version", help="tag, e.g. v1 (default: next free)")
+    p.add_argument("--message")
+    p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("config", help="tool: show, validate or print the schema of run configs",
                        description="Config tools. `show` prints the embedded default (or a file, normalised).")

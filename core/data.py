@@ -105,7 +105,12 @@ def load_rows(cfg: DataConfig, split: Optional[str] = None) -> list[dict]:
 
         world = ToyWorld.from_config(cfg.toy)
         train, test = world.splits(cfg.toy.n_train, cfg.toy.n_test)
-        rows = list(iter_rows(test if split == "test" else train))
+        if split == "attacker":
+            # the attacker's own problems (surrogate data for the inverter), disjoint from both
+            probs = world.problems(cfg.toy.n_train, "attacker", exclude={p.text for p in train + test})
+        else:
+            probs = test if split == "test" else train
+        rows = list(iter_rows(probs))
         source = "toy"
     else:
         path = Path(cfg.source)

@@ -9,7 +9,8 @@ Roles, all deterministic in the world seed:
 
 - the **target** solves every problem correctly but *hides* its trace; it exposes the
   final answer and a lossy summary (every k-th running value);
-- the **surrogate** shows its trace, in a different notation, and is systematically
+- the **surrogate** shows its trace, in a different notation (``6 add 5 -> 1`` where
+  the target writes ``6+5=1``; both keep each step's arithmetic on one line), and is systematically
   weaker: right on its first ``surrogate_reliable_steps`` steps, then wrong with
   probability ``surrogate_error_rate`` per step (errors propagate), like a small model
   that fails on longer chains;
@@ -32,7 +33,7 @@ NAME_OPS = {v: k for k, v in OP_NAMES.items()}
 PROBLEM_PREFIX = "Evaluate left to right modulo {m}: "
 _PROBLEM_RE = re.compile(r"Evaluate left to right modulo (\d+):\s*(.+?)\s*$", re.S)
 _TARGET_STEP = re.compile(r"(\d+)\s*([+\-*])\s*(\d+)\s*=\s*(\d+)")
-_SURROGATE_STEP = re.compile(r"(add|sub|mul)\s+(\d+)\s*->\s*(\d+)")
+_SURROGATE_STEP = re.compile(r"(\d+)\s+(add|sub|mul)\s+(\d+)\s*->\s*(\d+)")
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
@@ -166,12 +167,12 @@ class ToyWorld:
     def surrogate_trace(self, p: Problem) -> tuple[str, int]:
         """(visible trace in the surrogate's notation, its final answer)."""
         rng = random.Random(f"surrogate:{self.seed}:{p.text}")  # a model sees only the prompt
-        lines, v = [f"start {p.start}"], p.start
+        lines, v = [], p.start
         for i, (op, b) in enumerate(p.steps):
             nv = apply(v, op, b, p.modulus)
             if i >= self.surrogate_reliable_steps and rng.random() < self.surrogate_error_rate:
                 nv = (nv + rng.randrange(1, p.modulus)) % p.modulus
-            lines.append(f"{OP_NAMES[op]} {b} -> {nv}")
+            lines.append(f"{v} {OP_NAMES[op]} {b} -> {nv}")
             v = nv
         return "\n".join(lines), v
 
@@ -192,19 +193,18 @@ class ToyWorld:
         """
         rng = random.Random(f"inverter:{self.seed}:{p.text}:{answer}:{summary}:{seed}")
         shown = {i: v for i, v in _summary_values(summary or "")}
-        lines, v = [f"start {p.start}"], p.start
+        lines, v = [], p.start
         for i, (op, b) in enumerate(p.steps, 1):
             nv = apply(v, op, b, p.modulus)
             if i in shown:
                 nv = shown[i]
             elif rng.random() < self.inverter_error_rate:
                 nv = (nv + rng.randrange(1, p.modulus)) % p.modulus
-            lines.append(f"{OP_NAMES[op]} {b} -> {nv}")
+            lines.append(f"{v} {OP_NAMES[op]} {b} -> {nv}")
             v = nv
         given = boxed_value(answer or "") or (answer or "").strip()
         if given.isdigit() and int(given) != v and rng.random() < self.inverter_forces_answer:
-            last_op, last_b = p.steps[-1]
-            lines[-1] = f"{OP_NAMES[last_op]} {last_b} -> {given}"
+            lines[-1] = lines[-1].rsplit("->", 1)[0] + f"-> {given}"
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ compressor
@@ -229,7 +229,7 @@ def trace_values(trace: str) -> list[int]:
     vals = [int(m.group(4)) for m in _TARGET_STEP.finditer(trace or "")]
     if vals:
         return vals
-    return [int(m.group(3)) for m in _SURROGATE_STEP.finditer(trace or "")]
+    return [int(m.group(4)) for m in _SURROGATE_STEP.finditer(trace or "")]
 
 
 def trace_final_value(trace: str) -> Optional[int]:
@@ -254,11 +254,7 @@ def check_steps(p: Problem, trace: str) -> dict:
     """
     steps = [(int(a), op, int(b), int(c)) for a, op, b, c in _TARGET_STEP.findall(trace or "")]
     if not steps:
-        steps = []
-        v = p.start
-        for name, b, c in _SURROGATE_STEP.findall(trace or ""):
-            steps.append((v, NAME_OPS[name], int(b), int(c)))
-            v = int(c)
+        steps = [(int(a), NAME_OPS[name], int(b), int(c)) for a, name, b, c in _SURROGATE_STEP.findall(trace or "")]
     correct, first_error, v = 0, None, p.start
     for i, (a, op, b, c) in enumerate(steps):
         ok = i < len(p.steps) and (op, b) == p.steps[i] and a == v and c == apply(a, op, b, p.modulus)

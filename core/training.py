@@ -99,10 +99,15 @@ def run_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Optio
     full_env.setdefault("HF_HUB_OFFLINE", "1")
     full_env.setdefault("TOKENIZERS_PARALLELISM", "false")
     full_env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    # accelerate launch pins CPU training to 1 thread unless told otherwise.
-    full_env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     t0 = time.time()
-    proc = subprocess.run(trl_command() + ["sft", "--config", str(resolved)], capture_output=True, text=True,
+    launch: list[str] = []
+    if data.get("use_cpu"):
+        # `trl sft` runs through `accelerate launch`, which on CPU would otherwise pick
+        # 1 thread, or with OMP_NUM_THREADS set, several DDP processes of 1 thread each.
+        threads = int(full_env.get("TRACE_INVERSION_TRAIN_THREADS") or os.cpu_count() or 1)
+        launch = ["--num_processes", "1", "--num_cpu_threads_per_process", str(threads),
+                  "--mixed_precision", "no"]
+    proc = subprocess.run(trl_command() + ["sft", "--config", str(resolved)] + launch, capture_output=True, text=True,
                           env=full_env, timeout=timeout)
     log = proc.stdout + proc.stderr
     log_path.write_text(log)

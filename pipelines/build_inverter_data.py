@@ -55,11 +55,11 @@ def target_summaries(folder: Optional[str]) -> Optional[list[str]]:
     return [r.get("target_summary") for r in read_split(folder, "target")]
 
 
-def run_build_inverter_data(cfg: RunConfig, rows: list[dict]) -> dict:
+def run_build_inverter_data(cfg: RunConfig, rows: list[dict], out_name: str = "inverter_data") -> dict:
     from trace_inversion.style_report import format_report, style_report
 
     t0 = time.time()
-    out_dir = Path(cfg.output.dir) / "inverter_data"
+    out_dir = Path(cfg.output.dir) / out_name
     result = reorder(run_pipeline(build_pipeline(cfg, rows)), [r["id"] for r in rows])
     crashed_rows(result, "surrogate_model", "surrogate_error")
     for r in result:

@@ -1,81 +1,211 @@
-"""The demo: every implemented stage on the embedded toy world, offline, on a CPU.
+"""The demo: the whole system end to end in the toy world, offline, on a CPU.
 
-Stages run today: the toy world's problems, the ``query-target`` distilabel pipeline
-against the programmatic target (answers + lossy summaries through the request
-cache), and the programmatic surrogate's visible traces (also through the cache),
-with a report of what an attacker gets from each. Later stages (inverter training,
-inversion with verified synthesis, releases, students) are added to this command as
-they land. Rerunning after Ctrl-C continues from the request cache.
+Per world seed: query the programmatic target; build the inverter's data from the
+programmatic surrogate on the attacker's own problems; train a tiny inverter with the
+tiny recipe (``trl sft``); invert the target's answers + summaries with verified
+synthesis; publish local releases (git repository, one tag per version); build the
+student conditions; train one tiny student per condition; evaluate every student on
+held-out problems with the same matcher as the consistency filter. Prints a table of
+accuracy per condition plus trace overlap and filter rates, and writes ``report.md``,
+``results.png`` and ``stats.json``.
+
+Resumable: model calls replay from the request cache, finished trainings are reused,
+stage files are written atomically; run the same command again after Ctrl-C.
 """
 
 from __future__ import annotations
 
+import json
+import statistics
 import time
 from pathlib import Path
 from typing import Optional
 
 from trace_inversion.config import deep_merge, load_config
 
+CONDITIONS = ["answer_only", "summary_answer", "surrogate_traces", "inverted_unfiltered", "inverted_verified",
+              "target_traces"]
+LABELS = {"answer_only": "answer only", "summary_answer": "summary + answer", "surrogate_traces": "surrogate traces",
+          "inverted_unfiltered": "inverted (unfiltered)", "inverted_verified": "inverted (verified)",
+          "target_traces": "target traces (oracle)"}
+# Tiny-world training sizes, calibrated on 2 cores (see benchmarks/demo_results.md).
+DEMO = {"n_train": 2000, "n_test": 300, "n_ops": 5, "inverter_steps": 800, "student_steps": 800,
+        "layers": 2, "max_new_tokens": 64, "parallel": 2}
+EVAL_SAMPLING = {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0}
 
-def _surrogate_rows(cfg, rows: list[dict]) -> list[dict]:
-    from tqdm.auto import tqdm
 
+def _log(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def tiny_base_model(root: Path, seed: int, layers: int) -> Path:
+    from trace_inversion.tiny_models import cached_tiny_lm, default_corpus
+
+    return cached_tiny_lm(root, corpus=default_corpus(seed=0), num_layers=layers, seed=seed)
+
+
+def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict, size: dict,
+             inverter_backend: str) -> dict:
     from trace_inversion.cache import RequestCache
-    from trace_inversion.clients import make_client
-    from trace_inversion.toy_world import ToyWorld, check_steps, parse_problem, trace_final_value
+    from trace_inversion.config import ModelConfig
+    from trace_inversion.data import load_rows
+    from trace_inversion.evaluation import evaluate_model
+    from trace_inversion.hub_cards.publish import publish_local
+    from trace_inversion.pipelines.build_inverter_data import run_build_inverter_data
+    from trace_inversion.pipelines.invert import run_invert
+    from trace_inversion.pipelines.query_target import run_query_target
+    from trace_inversion.pipelines.students import run_student_data
+    from trace_inversion.training import run_sft
 
-    world = ToyWorld.from_config(cfg.data.toy)
-    client = make_client(cfg.models.surrogate, RequestCache(cfg.resolved_cache_path), world=world)
-    out = []
-    results = client.query_many_sync([[{"role": "user", "content": r["problem"]}] for r in rows])
-    for r, res in tqdm(list(zip(rows, results)), desc="surrogate traces", unit="row"):
-        text = res.response["answer"]
-        trace = text.split("<think>")[-1].split("</think>")[0].strip() if "</think>" in text else None
-        p = parse_problem(r["problem"], r["id"])
-        chk = check_steps(p, trace or "")
-        out.append({"id": r["id"], "surrogate_output": text, "surrogate_trace": trace,
-                    "surrogate_correct": trace_final_value(trace or "") == p.answer, **{f"steps_{k}": v for k, v in chk.items()}})
-    return out
+    t_seed = time.time()
+    out = base / f"seed{seed}"
+    inv_model = out / "models" / "inverter"
+    gen = {"max_new_tokens": size["max_new_tokens"], "seed": seed}
+    over = deep_merge({
+        "name": f"demo-seed{seed}", "seed": seed,
+        "data": {"toy": {"seed": seed, "n_train": size["n_train"], "n_test": size["n_test"], "n_ops": size["n_ops"]}},
+        "output": {"dir": str(out)},
+        "models": {"inverter": {"backend": inverter_backend, "model": str(inv_model), "sampling": gen}},
+        "invert": {"max_attempts": 4, "max_model_len": 512},
+    }, overrides)
+    # The inverter folder exists only after training: validate the rest now, the inverter later.
+    pre = deep_merge(over, {"models": {"inverter": {"backend": "toy", "model": "toy-inverter"}}})
+    cfg = load_config(config_path, pre)
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *a, **kw):
+        t = time.time()
+        r = fn(*a, **kw)
+        timings[name] = round(time.time() - t, 1)
+        return r
+
+    train, test = load_rows(cfg.data, "train"), load_rows(cfg.data, "test")
+    attacker = load_rows(cfg.data, "attacker")
+    _log(f"seed {seed}: query the target ({len(train)} problems)")
+    q = timed("query_target", run_query_target, cfg, train)
+    _log(f"seed {seed}: surrogate traces + simulated summaries -> inverter data ({len(attacker)} attacker problems)")
+    timed("inverter_data", run_build_inverter_data, cfg, attacker, "inverter_data")
+    timed("surrogate_on_targets", run_build_inverter_data, cfg, train, "surrogate_on_targets")
+    _log(f"seed {seed}: train the tiny inverter ({size['inverter_steps']} steps, trl sft)")
+    models_root = base / ".models"
+    r = timed("train_inverter", run_sft, "tiny/inverter.yaml", {
+        "model_name_or_path": str(tiny_base_model(models_root, seed, size["layers"])),
+        "dataset_name": str(out / "inverter_data"), "dataset_config": "with_summary",
+        "output_dir": str(inv_model), "max_steps": size["inverter_steps"], "seed": seed}, out / "models" / "inverter.run")
+    cfg = load_config(config_path, over)
+    _log(f"seed {seed}: invert with verified synthesis ({inverter_backend})")
+    inv = timed("invert", run_invert, cfg)
+    releases = {}
+    for stage in ("target_query", "inversion"):
+        repo = base / "releases" / f"{stage}-seed{seed}"
+        # identical content (a resumed run) returns the existing release instead of a new tag
+        releases[stage] = publish_local(out / stage, repo, message=f"demo seed {seed}: {stage}")
+    _log(f"seed {seed}: student conditions")
+    sd = timed("student_data", run_student_data, cfg, out / "target_query", out / "surrogate_on_targets",
+               out / "inversion", CONDITIONS)
+    results = {}
+    test_rows = [{"id": r["id"], "problem": r["problem"], "reference_answer": r["reference_answer"]} for r in test]
+    todo = [c for c in CONDITIONS if sd["conditions"].get(c)]
+    base_model = str(tiny_base_model(models_root, seed, size["layers"]))
+    # Two trainings at once with one thread each beat one with two threads (~1.3x on 2 cores).
+    env = {"TRACE_INVERSION_TRAIN_THREADS": "1"} if size["parallel"] > 1 else None
+
+    def train_student(c: str):
+        _log(f"seed {seed}: train student '{LABELS[c]}' ({sd['conditions'][c]} rows, {size['student_steps']} steps)")
+        t = time.time()
+        run_sft("tiny/student.yaml", {
+            "model_name_or_path": base_model, "dataset_name": str(out / "student_data"), "dataset_config": c,
+            "output_dir": str(out / "models" / f"student-{c}"), "max_steps": size["student_steps"], "seed": seed},
+            out / "models" / f"student-{c}.run", env=env)
+        timings[f"train_{c}"] = round(time.time() - t, 1)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, size["parallel"])) as pool:
+        list(pool.map(train_student, todo))
+    for c in todo:
+        mcfg = ModelConfig(backend="transformers", model=str(out / "models" / f"student-{c}"),
+                           sampling=dict(EVAL_SAMPLING, max_new_tokens=size["max_new_tokens"]))
+        summ, _ = timed(f"eval_{c}", evaluate_model, mcfg, test_rows, RequestCache(cfg.resolved_cache_path))
+        results[c] = summ["accuracy_mean"]
+        _log(f"seed {seed}: {LABELS[c]}: {summ['accuracy_mean']:.1%}")
+    return {"seed": seed, "accuracy": results, "rows": sd["conditions"], "target": q, "inversion": inv,
+            "releases": releases, "timings": timings, "seconds": round(time.time() - t_seed, 1)}
+
+
+def render_report(runs: list[dict], size: dict, seconds: float) -> str:
+    lines = ["# trace-inversion demo: the toy world", "",
+             f"Chained arithmetic mod 10 ({size['n_ops']} operations, left to right); {size['n_train']} target "
+             f"problems, {size['n_test']} held-out test problems per seed; tiny Llama students "
+             f"({size['layers']} layers, hidden 128) trained from scratch for {size['student_steps']} steps with "
+             "`trl sft`; greedy decoding.", "",
+             "## Student accuracy on held-out problems", "",
+             "| condition | " + " | ".join(f"seed {r['seed']}" for r in runs) + " | mean |",
+             "|---|" + "---|" * (len(runs) + 1)]
+    for c in CONDITIONS:
+        vals = [r["accuracy"].get(c) for r in runs]
+        if all(v is None for v in vals):
+            continue
+        nums = [v for v in vals if v is not None]
+        lines.append(f"| {LABELS[c]} | " + " | ".join("—" if v is None else f"{v:.1%}" for v in vals)
+                     + f" | {statistics.fmean(nums):.1%} |")
+    lines += ["", "## Inversion: filter rates and trace quality", "",
+              "| seed | first sample consistent | kept after verified synthesis | rejected | every step right (kept) "
+              "| every step right (unfiltered) | ROUGE-L vs target traces | BLEU |", "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        inv = r["inversion"]
+        n = inv["rows_in"]
+        st = inv.get("toy_all_steps_correct", {})
+        ov = inv.get("overlap_kept", {})
+        lines.append(f"| {r['seed']} | {inv['first_sample']['consistent'] / n:.1%} | {inv['kept'] / n:.1%} | "
+                     f"{inv['rejected']} | {st.get('kept', 0):.1%} | {st.get('unfiltered', 0):.1%} | "
+                     f"{ov.get('rougeL', 0):.1f} | {ov.get('bleu', 0):.1f} |")
+    lines += ["", "Inverted traces are in the surrogate's notation (the inverter learned from the surrogate), "
+              "so overlap with the target's hidden notation is low even when every step is right.", "",
+              "## Releases", ""]
+    for r in runs:
+        for stage, rel in r["releases"].items():
+            lines.append(f"- seed {r['seed']} {stage}: `{rel['repo']}` @ {rel['version']}")
+    lines += ["", f"Total time: {seconds / 60:.1f} min on this machine.", ""]
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conds = [c for c in CONDITIONS if any(c in r["accuracy"] for r in runs)]
+    means = [100 * statistics.fmean([r["accuracy"][c] for r in runs if c in r["accuracy"]]) for c in conds]
+    errs = [100 * (statistics.pstdev([r["accuracy"][c] for r in runs if c in r["accuracy"]]) if len(runs) > 1 else 0)
+            for c in conds]
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    colors = ["#9e9e9e", "#bdbdbd", "#f4a261", "#8ecae6", "#219ebc", "#2a9d8f"][: len(conds)]
+    ax.bar([LABELS[c] for c in conds], means, yerr=errs, color=colors, capsize=4)
+    for i, m in enumerate(means):
+        ax.text(i, m + 1.5, f"{m:.0f}%", ha="center", fontsize=9)
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylim(0, 110)
+    ax.set_title(f"Students trained on each condition (toy world, {len(runs)} seed(s))")
+    plt.setp(ax.get_xticklabels(), rotation=15, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def run_demo(output: Optional[str] = None, seeds: int = 1, config_path: Optional[str] = None,
-             overrides: Optional[dict] = None) -> str:
-    from trace_inversion.data import load_rows
-    from trace_inversion.io import write_json, write_parquet
-    from trace_inversion.pipelines.query_target import run_query_target
-    from trace_inversion.toy_world import boxed_value
+             overrides: Optional[dict] = None, size: Optional[dict] = None, inverter_backend: str = "vllm") -> str:
+    from trace_inversion.io import write_json
 
+    t0 = time.time()
     base = Path(output or "runs/demo")
-    lines = ["# trace-inversion demo (toy world)", "",
-             "| seed | problems | target rows | failures | target accuracy | surrogate accuracy | surrogate all steps right | summary values shown | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    all_stats = {}
-    for seed in range(seeds):
-        t0 = time.time()
-        over = deep_merge(overrides or {}, {"seed": seed, "data": {"toy": {"seed": seed}},
-                                             "output": {"dir": str(base / f"seed{seed}")}})
-        cfg = load_config(config_path, over)
-        rows = load_rows(cfg.data, "train")
-        stats = run_query_target(cfg, rows)
-        from trace_inversion.io import read_split
-
-        target = {r["id"]: r for r in read_split(Path(cfg.output.dir) / "target_query", "target")}
-        ref = {r["id"]: r["reference_answer"] for r in rows}
-        acc = sum(boxed_value(t["target_answer"]) == ref[i] for i, t in target.items()) / max(1, len(rows))
-        sur = _surrogate_rows(cfg, rows)
-        write_parquet(sur, Path(cfg.output.dir) / "surrogate" / "data" / "train.parquet")
-        sacc = sum(s["surrogate_correct"] for s in sur) / max(1, len(sur))
-        sall = sum(s["steps_all_correct"] for s in sur) / max(1, len(sur))
-        shown = sum(len((t["target_summary"] or "").split(";")) for t in target.values()) / max(1, len(target))
-        secs = time.time() - t0
-        all_stats[seed] = {**stats, "target_accuracy": acc, "surrogate_accuracy": sacc, "surrogate_all_steps": sall}
-        lines.append(f"| {seed} | {len(rows)} | {stats['rows_out']} | {stats['failures']} | {acc:.1%} | {sacc:.1%} | "
-                     f"{sall:.1%} | {shown:.1f} of {cfg.data.toy.n_ops} | {secs:.1f} |")
-    lines += ["", "The target is always right but shows only every k-th running value; the surrogate shows",
-              "every step but errs on long chains. Inversion (recovering the target's full steps from its",
-              "answer and summary) is the stage that closes this gap."]
-    report = "\n".join(lines)
     base.mkdir(parents=True, exist_ok=True)
-    (base / "report.md").write_text(report + "\n")
-    write_json(all_stats, base / "stats.json")
-    return report
+    size = dict(DEMO, **(size or {}))
+    runs = [run_seed(s, base, config_path, overrides or {}, size, inverter_backend) for s in range(seeds)]
+    seconds = time.time() - t0
+    report = render_report(runs, size, seconds)
+    (base / "report.md").write_text(report)
+    plot(runs, base / "results.png")
+    write_json({"size": size, "runs": runs, "seconds": round(seconds, 1)}, base / "stats.json")
+    return report + f"\nWrote {base / 'report.md'}, {base / 'results.png'} and {base / 'stats.json'}."

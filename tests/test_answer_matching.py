@@ -10,7 +10,7 @@ from trace_inversion.answer_matching import answers_match, consistency_verdict, 
     ("\\boxed{1} then \\boxed{\\sqrt{x^{2}}}", "\\sqrt{x^{2}}"),  # last, nested braces
     ("The final answer is 42.", "42"),
     ("Answer: (C)", "(C)"),
-    ("start 3\nadd 4 -> 7\nmul 7 -> 9", "9"),  # toy surrogate notation
+    ("3 add 4 -> 7\n7 mul 7 -> 9", "9"),  # toy surrogate notation
     ("3+4=7\n7*7=9", "9"),  # toy target notation
     ("we get 12 apples and 3 pears", "3"),
     ("", None),

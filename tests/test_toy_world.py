@@ -1,6 +1,6 @@
 """The toy world: determinism, correct target, lossy summary, systematically weak surrogate."""
 
-from trace_inversion.toy_world import (ToyWorld, boxed_value, check_steps, parse_problem, trace_final_value,
+from trace_inversion.toy_world import (OP_NAMES, ToyWorld, boxed_value, check_steps, parse_problem, trace_final_value,
                                        trace_values)
 
 
@@ -45,7 +45,7 @@ def test_surrogate_is_systematically_weaker():
     checks = []
     for p in probs:
         trace, ans = w.surrogate_trace(p)
-        assert trace.startswith(f"start {p.start}")  # a different notation from the target's
+        assert trace.startswith(f"{p.start} {OP_NAMES[p.steps[0][0]]} ")  # a different notation from the target's
         c = check_steps(p, trace)
         checks.append(c)
         assert c["first_error"] is None or c["first_error"] >= 3  # never wrong on the reliable prefix

@@ -1,0 +1,124 @@
+"""Local releases: a stage folder published as a versioned git repository.
+
+The release repository is laid out like a Hub dataset repo (``data/<config>/*.parquet``
+and a README card with ``configs:``). Each release is one commit and one annotated tag
+(``v1``, ``v2``, ...). A version is immutable: publishing an existing tag is refused.
+A failed publish leaves no half release: the files are staged in a temporary clone and
+only pushed (commit + tag together, atomically) when everything succeeded.
+``datasets.load_dataset(repo_path)`` loads the checked-out release; ``load_release``
+checks out an exact tag into a folder and loads it from there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+_TAG = re.compile(r"^v[0-9]+(\.[0-9]+)*$")
+
+
+class ReleaseError(RuntimeError):
+    pass
+
+
+def _git(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, GIT_AUTHOR_NAME="trace-inversion", GIT_AUTHOR_EMAIL="trace-inversion@localhost",
+               GIT_COMMITTER_NAME="trace-inversion", GIT_COMMITTER_EMAIL="trace-inversion@localhost")
+    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    if check and r.returncode != 0:
+        raise ReleaseError(f"git {' '.join(args)} failed: {r.stderr.strip()[:500]}")
+    return r
+
+
+def _ensure_repo(repo: Path) -> None:
+    if (repo / ".git").exists() or (repo / "HEAD").exists():
+        return
+    repo.mkdir(parents=True, exist_ok=True)
+    _git(["init", "-q", "-b", "main"], repo)
+    _git(["config", "receive.denyCurrentBranch", "updateInstead"], repo)
+    (repo / ".gitattributes").write_text("*.parquet binary\n")
+    _git(["add", ".gitattributes"], repo)
+    _git(["commit", "-q", "-m", "Initialise release repository"], repo)
+
+
+def list_tags(repo: str | os.PathLike) -> list[str]:
+    repo = Path(repo)
+    if not (repo / ".git").exists():
+        return []
+    out = _git(["tag", "--list", "v*"], repo).stdout.split()
+    return sorted(out, key=lambda t: [int(x) for x in t[1:].split(".")])
+
+
+def next_version(repo: str | os.PathLike) -> str:
+    tags = list_tags(repo)
+    return f"v{int(tags[-1][1:].split('.')[0]) + 1}" if tags else "v1"
+
+
+def publish_local(stage_folder: str | os.PathLike, repo: str | os.PathLike, version: Optional[str] = None,
+                  message: Optional[str] = None, skip_unchanged: bool = True) -> dict:
+    """Publish ``stage_folder`` (data/ + README.md) as release ``version`` of ``repo``.
+
+    With ``skip_unchanged`` (default) and no explicit version, content identical to the
+    latest release is not released again: that release is returned (``unchanged``)."""
+    src, repo = Path(stage_folder), Path(repo)
+    if not (src / "README.md").exists() or not (src / "data").is_dir():
+        raise ReleaseError(f"{src} is not a stage folder (needs README.md and data/); fix: run the stage first")
+    _ensure_repo(repo)
+    version = version or next_version(repo)
+    if not _TAG.match(version):
+        raise ReleaseError(f"version {version!r} is not a tag like v1 or v2.1; fix: use v<number>")
+    if version in list_tags(repo):
+        raise ReleaseError(f"release {version} already exists in {repo}; versions are immutable; fix: publish as "
+                           f"{next_version(repo)}")
+    with tempfile.TemporaryDirectory(prefix=".release-", dir=repo.parent) as tmp:
+        work = Path(tmp) / "work"
+        _git(["clone", "-q", str(repo.resolve()), str(work)], repo.parent)
+        for old in ("data", "README.md"):
+            p = work / old
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        shutil.copytree(src / "data", work / "data", ignore=shutil.ignore_patterns(".*"))
+        shutil.copy2(src / "README.md", work / "README.md")
+        for extra in ("stats.json",):
+            if (src / extra).exists():
+                shutil.copy2(src / extra, work / extra)
+        _git(["add", "-A"], work)
+        tags = list_tags(repo)
+        # data decides: a card differing only in timings is not a new release
+        if skip_unchanged and tags and not _git(["status", "--porcelain", "--", "data"], work).stdout.strip():
+            head = _git(["rev-parse", "HEAD"], work).stdout.strip()
+            if _git(["rev-parse", f"{tags[-1]}^{{commit}}"], repo).stdout.strip() == head:
+                return {"repo": str(repo), "version": tags[-1], "commit": head, "unchanged": True}
+        _git(["commit", "-q", "--allow-empty", "-m", message or f"Release {version}"], work)
+        _git(["tag", "-a", version, "-m", message or f"Release {version}"], work)
+        # One atomic push: the commit and its tag land together or not at all.
+        _git(["push", "-q", "--atomic", "origin", "HEAD:main", f"refs/tags/{version}"], work)
+    commit = _git(["rev-parse", f"{version}^{{commit}}"], repo).stdout.strip()
+    return {"repo": str(repo), "version": version, "commit": commit}
+
+
+def checkout_release(repo: str | os.PathLike, version: str, dest: str | os.PathLike) -> Path:
+    """Materialise exactly release ``version`` in ``dest`` (a fresh folder)."""
+    repo, dest = Path(repo), Path(dest)
+    if version not in list_tags(repo):
+        raise ReleaseError(f"no release {version} in {repo} (have {list_tags(repo)})")
+    if dest.exists():
+        shutil.rmtree(dest)
+    _git(["clone", "-q", "--branch", version, "--depth", "1", f"file://{repo.resolve()}", str(dest)], repo.parent)
+    return dest
+
+
+def load_release(repo: str | os.PathLike, version: str, config: str, split: str = "train", workdir=None):
+    """``datasets.load_dataset`` of one config of an exact release."""
+    import datasets
+
+    dest = Path(workdir or tempfile.mkdtemp(prefix="release-")) / f"{Path(repo).name}-{version}"
+    checkout_release(repo, version, dest)
+    return datasets.load_dataset(str(dest), config, split=split)
