@@ -57,22 +57,28 @@ def compressor_messages(trace: str, system: str) -> list[dict]:
 
 
 def inverter_user_prompt(problem: str, answer: str, summary: Optional[str]) -> str:
-    """The inverter's input: problem, the target's answer and (optionally) its summary."""
-    parts = [f"Problem:\n{problem}", f"Answer:\n{answer}"]
+    """The inverter's input: the target's answer, (optionally) its summary, the
+    instruction, and the problem last, next to where the trace starts (small models
+    find each step's operation far more easily when the problem is not separated from
+    their output by other text full of numbers)."""
+    parts = [f"Answer:\n{answer}"]
     if summary is not None:
         parts.append(f"Reasoning summary:\n{summary}")
-    parts.append(INVERTER_INSTRUCTION)
+    parts += [INVERTER_INSTRUCTION, f"Problem:\n{problem}"]
     return "\n\n".join(parts)
 
 
 def parse_inverter_prompt(text: str) -> dict:
     """Inverse of ``inverter_user_prompt`` (problem, answer, summary or None)."""
     out: dict = {"problem": None, "answer": None, "summary": None}
-    body = text.rsplit("\n\n" + INVERTER_INSTRUCTION, 1)[0]
-    for key, label in (("summary", "Reasoning summary:\n"), ("answer", "Answer:\n"), ("problem", "Problem:\n")):
-        if label in body:
-            body, _, value = body.rpartition(("\n\n" if key != "problem" else "") + label)
-            out[key] = value
+    head, sep, problem = text.rpartition("\n\nProblem:\n")
+    if not sep:
+        return out
+    out["problem"] = problem
+    head = head.rsplit("\n\n" + INVERTER_INSTRUCTION, 1)[0]
+    if "\n\nReasoning summary:\n" in head:
+        head, _, out["summary"] = head.partition("\n\nReasoning summary:\n")
+    out["answer"] = head.removeprefix("Answer:\n")
     return out
 
 

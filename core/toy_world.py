@@ -9,8 +9,10 @@ Roles, all deterministic in the world seed:
 
 - the **target** solves every problem correctly but *hides* its trace; it exposes the
   final answer and a lossy summary (every k-th running value);
-- the **surrogate** shows its trace, in a different notation (``6 add 5 -> 1`` where
-  the target writes ``6+5=1``; both keep each step's arithmetic on one line), and is systematically
+- the **surrogate** shows its trace, in a different notation (``6+5 -> 1`` where the
+  target writes ``6+5=1``; both keep each step on one line with the operator next to its
+  operand, which a 512-token BPE merges, so a 2-layer model can learn the arithmetic;
+  a spelled-out ``6 add 5 -> 1`` it could not learn in the demo's budget), and is systematically
   weaker: right on its first ``surrogate_reliable_steps`` steps, then wrong with
   probability ``surrogate_error_rate`` per step (errors propagate), like a small model
   that fails on longer chains;
@@ -33,7 +35,7 @@ NAME_OPS = {v: k for k, v in OP_NAMES.items()}
 PROBLEM_PREFIX = "Evaluate left to right modulo {m}: "
 _PROBLEM_RE = re.compile(r"Evaluate left to right modulo (\d+):\s*(.+?)\s*$", re.S)
 _TARGET_STEP = re.compile(r"(\d+)\s*([+\-*])\s*(\d+)\s*=\s*(\d+)")
-_SURROGATE_STEP = re.compile(r"(\d+)\s+(add|sub|mul)\s+(\d+)\s*->\s*(\d+)")
+_SURROGATE_STEP = re.compile(r"(\d+)\s*([+\-*])\s*(\d+)\s*->\s*(\d+)")
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
@@ -172,7 +174,7 @@ class ToyWorld:
             nv = apply(v, op, b, p.modulus)
             if i >= self.surrogate_reliable_steps and rng.random() < self.surrogate_error_rate:
                 nv = (nv + rng.randrange(1, p.modulus)) % p.modulus
-            lines.append(f"{v} {OP_NAMES[op]} {b} -> {nv}")
+            lines.append(f"{v}{op}{b} -> {nv}")
             v = nv
         return "\n".join(lines), v
 
@@ -200,7 +202,7 @@ class ToyWorld:
                 nv = shown[i]
             elif rng.random() < self.inverter_error_rate:
                 nv = (nv + rng.randrange(1, p.modulus)) % p.modulus
-            lines.append(f"{v} {OP_NAMES[op]} {b} -> {nv}")
+            lines.append(f"{v}{op}{b} -> {nv}")
             v = nv
         given = boxed_value(answer or "") or (answer or "").strip()
         if given.isdigit() and int(given) != v and rng.random() < self.inverter_forces_answer:
@@ -254,7 +256,7 @@ def check_steps(p: Problem, trace: str) -> dict:
     """
     steps = [(int(a), op, int(b), int(c)) for a, op, b, c in _TARGET_STEP.findall(trace or "")]
     if not steps:
-        steps = [(int(a), NAME_OPS[name], int(b), int(c)) for a, name, b, c in _SURROGATE_STEP.findall(trace or "")]
+        steps = [(int(a), op, int(b), int(c)) for a, op, b, c in _SURROGATE_STEP.findall(trace or "")]
     correct, first_error, v = 0, None, p.start
     for i, (a, op, b, c) in enumerate(steps):
         ok = i < len(p.steps) and (op, b) == p.steps[i] and a == v and c == apply(a, op, b, p.modulus)

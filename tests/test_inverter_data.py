@@ -24,7 +24,12 @@ def test_inverter_messages_put_loss_only_on_the_trace():
     without = inverter_messages("P", "A", None, "T")
     assert [m["role"] for m in with_s] == ["user", "assistant"] and with_s[1]["content"] == "T"
     assert "Reasoning summary:\nS" in with_s[0]["content"] and "Reasoning summary" not in without[0]["content"]
-    assert with_s[0]["content"].startswith("Problem:\nP\n\nAnswer:\nA")
+    assert with_s[0]["content"].startswith("Answer:\nA\n\nReasoning summary:\nS")
+    assert with_s[0]["content"].endswith("\n\nProblem:\nP")  # the problem sits next to the trace
+    from trace_inversion.prompts import parse_inverter_prompt
+
+    assert parse_inverter_prompt(with_s[0]["content"]) == {"problem": "P", "answer": "A", "summary": "S"}
+    assert parse_inverter_prompt(without[0]["content"]) == {"problem": "P", "answer": "A", "summary": None}
 
 
 def test_compressor_presets_and_prompt_file(tmp_path):
