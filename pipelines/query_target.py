@@ -16,6 +16,7 @@ from pathlib import Path
 from trace_inversion.config import RunConfig
 from trace_inversion.data import load_rows
 from trace_inversion.io import write_json, write_split
+from trace_inversion.pipelines.common import step_timings
 
 
 def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target"):
@@ -63,8 +64,9 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
             r.update(query_error="internal error: step crashed (see the log)", query_attempts=0, target_cost_usd=0.0)
     ok = [r for r in result if r["query_error"] is None]
     failed = [r for r in result if r["query_error"] is not None]
-    write_split(out_dir, "target", ok)
-    write_split(out_dir, "failures", failed)
+    # Per-run facts (attempts) go to stats, not rows: a resumed run writes identical data.
+    write_split(out_dir, "target", [{k: v for k, v in r.items() if k != "query_attempts"} for r in ok])
+    write_split(out_dir, "failures", [{k: v for k, v in r.items() if k != "query_attempts"} for r in failed])
     reasons: dict[str, int] = {}
     for r in failed:
         reasons[r["query_error"]] = reasons.get(r["query_error"], 0) + 1
@@ -73,7 +75,8 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
         "rows_out": len(ok),
         "failures": len(failed),
         "failure_reasons": reasons,
-        "cost_usd": sum(r["target_cost_usd"] or 0 for r in result),
+        "cost_usd": sum(r["target_cost_usd"] or 0 for r in result),  # what the dataset cost to produce
+        "new_cost_usd": (step_timings(cfg, "query_target") or {}).get("cost_usd", 0.0),  # paid in this run
         "input_tokens": sum((r["target_usage"] or {}).get("input_tokens", 0) for r in result),
         "output_tokens": sum((r["target_usage"] or {}).get("output_tokens", 0) for r in result),
         "http_attempts": sum(r["query_attempts"] for r in result),

@@ -38,10 +38,12 @@ class QueryTarget(ModelStep):
         - target_trace (str): the full trace, only from open targets that expose it
           (the toy target: oracle data for overlap metrics); None otherwise.
         - target_usage (dict): input/output/reasoning tokens.
-        - target_cost_usd (float): cost of this row at the configured prices (0 when replayed).
+        - target_cost_usd (float): what this row's request cost at the configured prices
+          (the same when replayed from the cache, so a rerun writes identical data).
         - target_model (str): the model name.
         - query_error (str): None, or why the row failed.
-        - query_attempts (int): HTTP attempts made (0 when replayed from the cache).
+        - query_attempts (int): HTTP attempts made in this run (0 when replayed); run
+          statistics, dropped from the written dataset.
 
     Examples:
         ```python
@@ -98,7 +100,7 @@ class QueryTarget(ModelStep):
             error = "empty summary (require_summary is set)"
         out.update(target_answer=r.get("answer"), target_summary=r.get("summary") or None,
                    target_trace=r.get("trace"), target_usage=usage,
-                   target_cost_usd=0.0 if result.cached else cost_of(usage, self._gen.cfg), query_error=error)
+                   target_cost_usd=cost_of(usage, self._gen.cfg), query_error=error)
         return out
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]

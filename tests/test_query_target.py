@@ -65,7 +65,7 @@ def test_budget_cap_stops_cleanly_then_rerun_continues(toy_server, tmp_path):
     assert ok.height + failed.height == 60
     assert 0 < ok.height < 60
     assert all(e.startswith("budget cap reached") for e in failed["query_error"])
-    assert stats["cost_usd"] <= 1.0  # never exceeds the cap
+    assert stats["cost_usd"] <= 1.0 and stats["new_cost_usd"] <= 1.0  # never exceeds the cap
     sent = srv.stats()["total"]
     assert sent == ok.height  # rows refused by the budget were never sent
     cfg2, _ = config(tmp_path, srv, budget_usd=100.0, target={"concurrency": 4})
@@ -85,7 +85,9 @@ def test_dry_run_estimates_from_a_sample(toy_server, tmp_path):
     run_query_target(cfg)
     assert srv.stats()["total"] == 200  # the sampled rows were not paid twice
     ok, _ = outputs(tmp_path)
-    assert ok["target_cost_usd"].sum() == pytest.approx(est["mean_cost_per_row_usd"] * 190, rel=0.2)
+    assert ok["target_cost_usd"].sum() == pytest.approx(est["mean_cost_per_row_usd"] * 200, rel=0.2)
+    stats = json.loads((tmp_path / "out" / "target_query" / "stats.json").read_text())
+    assert stats["new_cost_usd"] == pytest.approx(stats["cost_usd"] - est["sample_cost_usd"], rel=1e-6)
 
 
 def test_refusals_and_missing_summaries_go_to_failures(toy_server, tmp_path):
