@@ -170,8 +170,16 @@ class TransformersEngine(LocalEngine):
 
     def load(self):
         if self._model is None:
+            import multiprocessing as mp
+
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            if mp.parent_process() is not None:
+                # A forked worker (distilabel's steps) inherits the parent's OpenMP
+                # thread pool in a broken state: if the parent already ran torch ops,
+                # a multi-threaded op here deadlocks. One thread avoids the pool.
+                torch.set_num_threads(1)
 
             t0 = time.monotonic()
             self._tok = AutoTokenizer.from_pretrained(self.cfg.model)
