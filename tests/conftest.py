@@ -22,10 +22,18 @@ MODEL_CACHE = Path(os.environ.get("TI_TEST_MODEL_CACHE", Path(__file__).resolve(
 
 @pytest.fixture(scope="session")
 def tiny_lm_dir() -> Path:
-    """A tiny Llama (head_dim 32) with a locally trained BPE tokenizer, built once."""
-    from trace_inversion.tiny_models import cached_tiny_lm
+    """A tiny Llama (head_dim 32) with a locally trained BPE tokenizer, built once.
 
-    return cached_tiny_lm(MODEL_CACHE)
+    Built in a subprocess: the test process must not run torch itself, because
+    distilabel forks its step workers and a worker running torch after its parent
+    used torch's OpenMP pool can deadlock."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from trace_inversion.tiny_models import cached_tiny_lm; "
+            f"print(cached_tiny_lm({str(MODEL_CACHE)!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture

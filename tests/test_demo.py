@@ -18,10 +18,24 @@ SMALL = {"n_train": 160, "n_test": 40, "n_ops": 4, "inverter_steps": 40, "studen
 @pytest.mark.slow
 def test_demo_small_end_to_end_and_resume(tmp_path):
     from trace_inversion.hub_cards.publish import list_tags
-    from trace_inversion.pipelines.demo import CONDITIONS, run_demo
+    from trace_inversion.pipelines.demo import CONDITIONS
+
+    import subprocess
+    import sys
 
     out = tmp_path / "demo"
-    report = run_demo(output=str(out), seeds=1, size=SMALL, inverter_backend="transformers")
+
+    def run_demo_cli() -> str:
+        # In a subprocess: the demo evaluates with torch in its own process, and this test
+        # process must stay torch-free (distilabel forks workers; see conftest.tiny_lm_dir).
+        args = [sys.executable, "-m", "trace_inversion.cli", "demo", "-o", str(out), "--inverter-backend", "transformers"]
+        for k, v in SMALL.items():
+            args += ["--size", f"{k}={v}"]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=1500)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout
+
+    report = run_demo_cli()
     stats = json.loads((out / "stats.json").read_text())
     run = stats["runs"][0]
     assert set(run["accuracy"]) == set(CONDITIONS)
@@ -48,7 +62,7 @@ def test_demo_small_end_to_end_and_resume(tmp_path):
 
     with sqlite3.connect(str(seed / "requests.sqlite")) as c:
         before = c.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
-    run_demo(output=str(out), seeds=1, size=SMALL, inverter_backend="transformers")
+    run_demo_cli()
     with sqlite3.connect(str(seed / "requests.sqlite")) as c:
         assert c.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == before
     stats2 = json.loads((out / "stats.json").read_text())
