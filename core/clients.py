@@ -57,6 +57,16 @@ class Usage:
             self.cost_usd += cost
 
 
+def chat_payload(cfg: ModelConfig, messages: Messages, seed: Optional[int] = None) -> dict:
+    """The cache-key payload of a chat request: messages, sampling parameters (a
+    per-request ``seed`` overrides the configured one) and the sample count."""
+    s = cfg.sampling
+    params = s.model_dump(exclude={"n"})
+    if seed is not None:
+        params["seed"] = seed
+    return {"messages": messages, "params": params, "n": s.n}
+
+
 class PermanentError(Exception):
     """A failure that retrying cannot fix (bad request, auth, refusal policy)."""
 
@@ -160,11 +170,7 @@ class BaseClient:
 
     # subclasses: payload for the cache key, and the raw call
     def payload(self, messages: Messages, seed: Optional[int] = None) -> dict:
-        s = self.cfg.sampling
-        params = s.model_dump(exclude={"n"})
-        if seed is not None:
-            params["seed"] = seed
-        return {"messages": messages, "params": params, "n": s.n}
+        return chat_payload(self.cfg, messages, seed)
 
     async def _call(self, messages: Messages, seed: Optional[int] = None) -> dict:
         raise NotImplementedError

@@ -18,7 +18,7 @@ import time
 from typing import Any, Optional
 
 from .cache import RequestCache, request_key
-from .clients import CallResult, Usage
+from .clients import CallResult, Usage, chat_payload
 from .config import ModelConfig
 
 Messages = list[dict]
@@ -35,11 +35,7 @@ class LocalEngine:
         self.load_seconds = 0.0
 
     def payload(self, messages: Messages, sample_seed: Optional[int] = None) -> dict:
-        s = self.cfg.sampling
-        params = s.model_dump(exclude={"n"})
-        if sample_seed is not None:
-            params["seed"] = sample_seed
-        return {"messages": messages, "params": params, "n": s.n}
+        return chat_payload(self.cfg, messages, sample_seed)
 
     def _generate(self, batch: list[Messages], seeds: list[Optional[int]]) -> list[dict]:
         raise NotImplementedError
