@@ -24,11 +24,18 @@ def step_kwargs(cfg: RunConfig, role: str, total_rows: int) -> dict:
     return kw
 
 
-def run_pipeline(pipeline) -> list[dict]:
+def run_distiset(pipeline):
     """Run with distilabel's cache off (its resume hangs, upstream #1065; the request
-    cache is the resume mechanism) and return the leaf step's rows."""
-    distiset = pipeline.run(use_cache=False)
-    return distiset["default"]["train"].to_list()
+    cache is the resume mechanism) and the write-buffer schema fix applied."""
+    from trace_inversion.distilabel_compat import patch_write_buffer
+
+    patch_write_buffer()
+    return pipeline.run(use_cache=False)
+
+
+def run_pipeline(pipeline) -> list[dict]:
+    """Run (see ``run_distiset``) and return the single leaf step's rows."""
+    return run_distiset(pipeline)["default"]["train"].to_list()
 
 
 def crashed_rows(rows: Iterable[dict], marker: str, error_col: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from trace_inversion.config import RunConfig
 from trace_inversion.data import load_rows
 from trace_inversion.io import write_json, write_split
-from trace_inversion.pipelines.common import step_timings
+from trace_inversion.pipelines.common import count_reasons, crashed_rows, reorder, run_pipeline, step_timings
 
 
 def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target"):
@@ -55,21 +55,17 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
     rows = rows if rows is not None else load_rows(cfg.data, split)
     out_dir = Path(cfg.output.dir) / "target_query"
     pipeline = build_pipeline(cfg, rows)
-    distiset = pipeline.run(use_cache=False)
-    result = distiset["default"]["train"].to_list()
-    order = {r["id"]: i for i, r in enumerate(rows)}
-    result.sort(key=lambda r: order[r["id"]])
+    result = reorder(run_pipeline(pipeline), [r["id"] for r in rows])
+    crashed_rows(result, "query_attempts", "query_error")
     for r in result:
-        if r.get("query_attempts") is None:  # distilabel filled a crashed batch with None
-            r.update(query_error="internal error: step crashed (see the log)", query_attempts=0, target_cost_usd=0.0)
+        if r.get("query_attempts") is None:
+            r.update(query_attempts=0, target_cost_usd=0.0)
     ok = [r for r in result if r["query_error"] is None]
     failed = [r for r in result if r["query_error"] is not None]
     # Per-run facts (attempts) go to stats, not rows: a resumed run writes identical data.
     write_split(out_dir, "target", [{k: v for k, v in r.items() if k != "query_attempts"} for r in ok])
     write_split(out_dir, "failures", [{k: v for k, v in r.items() if k != "query_attempts"} for r in failed])
-    reasons: dict[str, int] = {}
-    for r in failed:
-        reasons[r["query_error"]] = reasons.get(r["query_error"], 0) + 1
+    reasons = count_reasons(failed, "query_error")
     stats = {
         "rows_in": len(rows),
         "rows_out": len(ok),

@@ -14,7 +14,7 @@ from typing import Optional
 
 from trace_inversion.config import RunConfig
 from trace_inversion.io import read_split, write_json, write_split
-from trace_inversion.pipelines.common import distilabel_cache, reorder, run_pipeline
+from trace_inversion.pipelines.common import distilabel_cache, reorder, run_distiset
 
 DEFAULT_CONDITIONS = ["answer_only", "summary_answer", "surrogate_traces", "inverted_unfiltered",
                       "inverted_verified", "target_traces"]
@@ -52,7 +52,7 @@ def run_student_data(cfg: RunConfig, target_dir: Path, surrogate_dir: Optional[P
         load = LoadDataFromDicts(name="load_rows", data=rows, batch_size=512)
         for c in conditions:
             load >> FormatStudentSFT(name=f"format_{c}", condition=c, input_batch_size=512)
-    distiset = pipeline.run(use_cache=False)
+    distiset = run_distiset(pipeline)
     counts = {}
     for c in conditions:
         result = reorder(distiset[f"format_{c}"]["train"].to_list(), [r["id"] for r in rows])

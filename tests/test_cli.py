@@ -98,12 +98,3 @@ def test_query_target_pipeline_with_fault_storm_loses_no_row(toy_server, tmp_pat
     assert set(ok["id"]) | set(failed["id"]) == set(pl.read_parquet(tmp_path / "toy/train.parquet")["id"])
     assert failed.height > 0 and failed["query_error"].null_count() == 0
     assert stats["failures"] == failed.height and sum(stats["failure_reasons"].values()) == failed.height
-
-
-@pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path):
-    r = cli("demo", "-o", str(tmp_path / "demo"), "--set", "data.toy.n_train=200")
-    assert "| 0 | 200 | 200 | 0 | 100.0% |" in r.stdout
-    assert (tmp_path / "demo" / "report.md").exists()
-    stats = json.loads((tmp_path / "demo" / "stats.json").read_text())["0"]
-    assert stats["target_accuracy"] == 1.0 and 0.2 < stats["surrogate_accuracy"] < 0.7

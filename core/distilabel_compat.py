@@ -1,0 +1,83 @@
+"""A fix for distilabel 1.5.3's leaf-step write buffer, applied before every pipeline run.
+
+distilabel writes a leaf step's rows to parquet in chunks of 50 and keeps the first
+chunk's schema. When a later chunk has the same column names but other types (a column
+that was all None in the first chunk, so typed ``null``, then holds strings), it only
+reorders the columns; at close it re-reads every chunk with that first schema and fails
+with ``ArrowNotImplementedError: Unsupported cast from string to null``. Whether a run
+hits this depends on which rows land in the first chunk (e.g. a batch in which no row
+failed has an all-None error column), so it shows up at random after retries or a resume.
+
+The patched writer unifies schemas permissively (null widens to any type, struct fields
+merge) and rebuilds any chunk whose schema differs from the final one.
+"""
+
+from __future__ import annotations
+
+_PATCHED = False
+
+
+def _as_schema(rows: list[dict], schema):
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def unify(old, new):
+    import pyarrow as pa
+
+    return pa.unify_schemas([old, new], promote_options="permissive")
+
+
+def conform(table, schema):
+    """``table`` with ``schema``: a cast where arrow can, else rebuilt from its rows."""
+    if table.schema.equals(schema):
+        return table
+    try:
+        return table.select(schema.names).cast(schema)
+    except Exception:  # noqa: BLE001 - struct field sets differ, etc.
+        return _as_schema(table.to_pylist(), schema)
+
+
+def patch_write_buffer() -> None:
+    global _PATCHED
+    if _PATCHED:
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from distilabel.pipeline.write_buffer import _WriteBuffer
+    from distilabel.utils.dicts import flatten_dict
+    from distilabel.utils.files import list_files_in_dir
+
+    def _write(self, step_name: str) -> None:
+        step_dir = self._path / step_name
+        step_dir.mkdir(parents=True, exist_ok=True)
+        rows = self._buffers[step_name]
+        try:
+            table = pa.Table.from_pylist(rows)
+        except pa.lib.ArrowInvalid:
+            table = pa.Table.from_pylist([flatten_dict(r) for r in rows])
+        last = self._buffer_last_schema.get(step_name)
+        schema = table.schema if last is None else unify(last, table.schema)
+        self._buffer_last_schema[step_name] = schema
+        table = conform(table, schema)
+        n = self._buffers_last_file[step_name]
+        self._buffers_last_file[step_name] = n + 1
+        pq.write_table(table, step_dir / f"{str(n).zfill(5)}.parquet")
+        self._clean_buffer(step_name)
+
+    def close(self) -> None:
+        for step_name in self._buffers:
+            if self._buffers[step_name]:
+                self._write(step_name)
+            schema = self._buffer_last_schema.get(step_name)
+            if schema is None:
+                continue
+            for file in list_files_in_dir(self._path / step_name):
+                table = pq.read_table(file)
+                if not table.schema.equals(schema):
+                    pq.write_table(conform(table, schema), file)
+
+    _WriteBuffer._write = _write
+    _WriteBuffer.close = close
+    _PATCHED = True
