@@ -176,14 +176,46 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from trace_inversion.hub_cards.publish import ReleaseError, publish_local
+    from trace_inversion.hub_cards.publish import ReleaseError, publish_hub, publish_local
 
+    if bool(args.repo) == bool(args.hub):
+        print("error: give exactly one of --repo (a local release repository) or --hub (owner/name)",
+              file=sys.stderr)
+        return 2
     try:
-        rel = publish_local(args.stage_folder, args.repo, args.version, args.message)
+        if args.hub:
+            rel = publish_hub(args.stage_folder, args.hub, args.version, args.message, private=not args.public,
+                              token_env=args.token_env)
+        else:
+            rel = publish_local(args.stage_folder, args.repo, args.version, args.message)
     except ReleaseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(rel, indent=2))
+    return 0
+
+
+def cmd_review(args) -> int:
+    from trace_inversion.hub_cards import review
+
+    try:
+        if args.action == "serve":
+            from trace_inversion.argilla_stack import main as serve
+
+            return serve([args.folder])
+        client = review.client_from_env(args.api_url, args.key_env)
+        if args.action == "push":
+            out = review.push_for_review(args.folder, args.dataset, client, args.workspace, args.sample, args.seed)
+        else:
+            if not args.out:
+                print("error: review pull needs --out (the reviewed release folder to write)", file=sys.stderr)
+                return 2
+            out = review.build_reviewed(args.folder, review.pull_reviews(args.dataset, client, args.workspace),
+                                        args.out)
+    except review.ReviewError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2))
     return 0
 
 
@@ -322,14 +354,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("publish", help="tool: publish a stage folder as a versioned local release (git + tag)",
-                       description="Commit a stage folder (data/ + README card) into a release repository and tag "
-                                   "it; existing versions are refused.")
+    p = sub.add_parser("publish", help="tool: publish a stage folder as a versioned release (local git or the Hub)",
+                       description="Publish a stage folder (data/ + README card) as one commit + one tag, in a local "
+                                   "git release repository (--repo) or a Hub dataset repo (--hub; token from "
+                                   "$HF_TOKEN, endpoint from $HF_ENDPOINT). Existing versions are refused; unchanged "
+                                   "data returns the existing release.")
     p.add_argument("stage_folder")
-    p.add_argument("--repo", required=True, help="release repository folder (created if missing)")
+    p.add_argument("--repo", help="local release repository folder (created if missing)")
+    p.add_argument("--hub", metavar="OWNER/NAME", help="Hub dataset repo id")
+    p.add_argument("--public", action="store_true", help="create the Hub repo public (default private)")
+    p.add_argument("--token-env", default="HF_TOKEN", help="environment variable holding the Hub token")
     p.add_argument("--version", help="tag, e.g. v1 (default: next free)")
     p.add_argument("--message")
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("review", help="tool: Argilla review round trip (push, pull -> reviewed release, serve)",
+                       description="push: log an inversion output (or --sample N rows) to an Argilla dataset. "
+                                   "pull: fetch submitted responses and write a reviewed release folder (rejected "
+                                   "rows moved to review_rejected). serve: run a local Argilla stack in FOLDER. "
+                                   "Server from $ARGILLA_API_URL (or --api-url), key from $ARGILLA_API_KEY.")
+    p.add_argument("action", choices=["push", "pull", "serve"])
+    p.add_argument("folder", help="push/pull: an inversion output or release folder; serve: the stack's workdir")
+    p.add_argument("--dataset", default="trace-inversion-review", help="Argilla dataset name")
+    p.add_argument("--workspace", help="Argilla workspace (default: the first one)")
+    p.add_argument("--sample", type=int, help="push only a seeded sample of N rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="pull: folder for the reviewed release")
+    p.add_argument("--api-url", help="Argilla URL (default $ARGILLA_API_URL)")
+    p.add_argument("--key-env", default="ARGILLA_API_KEY", help="environment variable holding the API key")
+    p.set_defaults(func=cmd_review)
 
     p = sub.add_parser("config", help="tool: show, validate or print the schema of run configs",
                        description="Config tools. `show` prints the embedded default (or a file, normalised).")

@@ -141,3 +141,15 @@ def start_vllm_server(model_dir: str | os.PathLike, log_dir: str | os.PathLike, 
     h = ServerHandle(proc, port, log_path)
     _wait_ready(proc, lambda: h.get("/v1/models", timeout=2) is not None, timeout, log_path)
     return h
+
+
+def start_hub_server(log_dir: str | os.PathLike, token: str) -> ServerHandle:
+    """The local Hub contract server (``hub_server.py``); clients use ``HF_ENDPOINT=<url>``."""
+    port = free_port()
+    log_path = Path(log_dir) / f"hub-server-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "trace_inversion.hub_server", "--port", str(port), "--token", token],
+                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    h = ServerHandle(proc, port, log_path)
+    _wait_ready(proc, lambda: h.get("/stats", timeout=2) is not None, 30, log_path)
+    return h

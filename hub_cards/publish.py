@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 _TAG = re.compile(r"^v[0-9]+(\.[0-9]+)*$")
+RELEASE_EXTRAS = ("stats.json", "card.json")
 
 
 class ReleaseError(RuntimeError):
@@ -66,8 +67,7 @@ def publish_local(stage_folder: str | os.PathLike, repo: str | os.PathLike, vers
     With ``skip_unchanged`` (default) and no explicit version, content identical to the
     latest release is not released again: that release is returned (``unchanged``)."""
     src, repo = Path(stage_folder), Path(repo)
-    if not (src / "README.md").exists() or not (src / "data").is_dir():
-        raise ReleaseError(f"{src} is not a stage folder (needs README.md and data/); fix: run the stage first")
+    check_stage_folder(src)
     _ensure_repo(repo)
     version = version or next_version(repo)
     if not _TAG.match(version):
@@ -86,7 +86,7 @@ def publish_local(stage_folder: str | os.PathLike, repo: str | os.PathLike, vers
                 p.unlink()
         shutil.copytree(src / "data", work / "data", ignore=shutil.ignore_patterns(".*"))
         shutil.copy2(src / "README.md", work / "README.md")
-        for extra in ("stats.json",):
+        for extra in RELEASE_EXTRAS:
             if (src / extra).exists():
                 shutil.copy2(src / extra, work / extra)
         _git(["add", "-A"], work)
@@ -122,3 +122,85 @@ def load_release(repo: str | os.PathLike, version: str, config: str, split: str 
     dest = Path(workdir or tempfile.mkdtemp(prefix="release-")) / f"{Path(repo).name}-{version}"
     checkout_release(repo, version, dest)
     return datasets.load_dataset(str(dest), config, split=split)
+
+
+# ----------------------------------------------------------------------------- the Hub
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def check_stage_folder(src: Path) -> None:
+    """A publishable folder: data shards and a card that validates against them."""
+    from trace_inversion.hub_cards.card import CardError, validate_card
+
+    if not (src / "README.md").exists() or not (src / "data").is_dir():
+        raise ReleaseError(f"{src} is not a stage folder (needs README.md and data/); fix: run the stage first")
+    try:
+        validate_card((src / "README.md").read_text(encoding="utf-8"), src)
+    except CardError as e:
+        raise ReleaseError(f"{src}/README.md: {e}; fix: re-run the stage (it rewrites the card)") from e
+
+
+def _files_sha256(src: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(src)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((src / "data").rglob("*.parquet")) if not p.name.startswith(".")}
+
+
+def publish_hub(stage_folder: str | os.PathLike, repo_id: str, version: Optional[str] = None,
+                message: Optional[str] = None, private: bool = True, token_env: str = "HF_TOKEN",
+                skip_unchanged: bool = True) -> dict:
+    """Publish ``stage_folder`` as release ``version`` of Hub dataset ``repo_id``.
+
+    Creates the repo (private by default), uploads data/ + README.md (+ stats.json,
+    card.json) in one commit that also deletes older shards, then creates the tag.
+    The token comes only from the environment variable ``token_env``; the endpoint from
+    ``HF_ENDPOINT`` (huggingface_hub's own setting). An existing tag is refused. If the
+    tag step fails after the commit, running the same command again tags that commit
+    instead of uploading again."""
+    from huggingface_hub import DatasetCard, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    src = Path(stage_folder)
+    if not _REPO_ID.match(repo_id or ""):
+        raise ReleaseError(f"Hub repo id {repo_id!r} is not owner/name; fix: e.g. my-org/my-traces")
+    if version is not None and not _TAG.match(version):
+        raise ReleaseError(f"version {version!r} is not a tag like v1 or v2.1; fix: use v<number>")
+    token = os.environ.get(token_env)
+    if not token:
+        raise ReleaseError(f"no Hub token: environment variable {token_env} is not set; fix: export {token_env}=hf_...")
+    check_stage_folder(src)
+    card = DatasetCard((src / "README.md").read_text(encoding="utf-8"))
+    api = HfApi(token=token)
+    try:
+        card.validate(repo_type="dataset")  # the Hub's own metadata check (POST /api/validate-yaml)
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        refs = api.list_repo_refs(repo_id, repo_type="dataset")
+        tags = sorted((t.name for t in refs.tags if _TAG.match(t.name)),
+                      key=lambda t: [int(x) for x in t[1:].split(".")])
+        nxt = f"v{int(tags[-1][1:].split('.')[0]) + 1}" if tags else "v1"
+        if version in tags:
+            raise ReleaseError(f"release {version} already exists in {repo_id}; versions are immutable; fix: publish "
+                               f"as {nxt}")
+        head = next(b.target_commit for b in refs.branches if b.name == "main")
+        remote = {f.path: f.lfs.sha256 for f in api.list_repo_tree(repo_id, repo_type="dataset", revision=head,
+                                                                    recursive=True)
+                  if getattr(f, "lfs", None) and f.path.startswith("data/")}
+        same_data = remote == _files_sha256(src)
+        tagged = {t.target_commit: t.name for t in refs.tags}
+        if skip_unchanged and version is None and same_data and head in tagged:
+            return {"repo": repo_id, "version": tagged[head], "commit": head, "unchanged": True, "hub": True}
+        version = version or nxt
+        if same_data and head not in tagged and remote:
+            commit = head  # a previous publish committed this content, then failed before tagging
+        else:
+            info = api.upload_folder(folder_path=str(src), repo_id=repo_id, repo_type="dataset",
+                                     allow_patterns=["data/**", "README.md", *RELEASE_EXTRAS],
+                                     ignore_patterns=["**/.*"], delete_patterns=["data/**"],
+                                     commit_message=message or f"Release {version}")
+            commit = info.oid
+        api.create_tag(repo_id, repo_type="dataset", tag=version, revision=commit,
+                       tag_message=message or f"Release {version}")
+    except HfHubHTTPError as e:
+        raise ReleaseError(f"Hub request failed: {str(e).splitlines()[0]}") from None
+    return {"repo": repo_id, "version": version, "commit": commit, "private": private, "hub": True}

@@ -61,3 +61,26 @@ def vllm_server(tiny_lm_dir, tmp_path_factory):
     h = start_vllm_server(tiny_lm_dir, tmp_path_factory.mktemp("vllm"), served_name="tiny")
     yield h
     h.stop()
+
+
+HUB_TEST_TOKEN = "hf_contract_" + "ab12" * 6  # a test value the local Hub server accepts
+
+
+@pytest.fixture
+def hub_server(tmp_path):
+    """The local Hub contract server (in memory), stopped by pid."""
+    from trace_inversion.servers import start_hub_server
+
+    h = start_hub_server(tmp_path / "logs", token=HUB_TEST_TOKEN)
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="session")
+def argilla_stack(tmp_path_factory):
+    """A real Argilla 2.x stack: redis + osmem search + argilla-server + worker."""
+    from trace_inversion.argilla_stack import start_argilla_stack
+
+    st = start_argilla_stack(tmp_path_factory.mktemp("argilla"))
+    yield st
+    st.stop()

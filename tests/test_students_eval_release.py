@@ -50,11 +50,10 @@ def test_scoring_fixtures():
 
 
 def _stage(folder, n):
-    from trace_inversion.hub_cards.card import configs_block
-    import yaml
+    from trace_inversion.hub_cards.card import card_context, write_card
 
     write_split(folder, "inverted", [{"id": str(i), "x": i} for i in range(n)])
-    (folder / "README.md").write_text("---\n" + yaml.safe_dump({"configs": configs_block(folder)}) + "---\n# stage\n")
+    write_card(folder, card_context("t: invert", "invert", {"name": "t"}, {"rows_in": n}, {"inverted": n}))
 
 
 def test_local_releases_tags_and_immutability(tmp_path):
