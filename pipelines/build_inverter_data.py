@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Optional
 
 from trace_inversion.config import RunConfig
-from trace_inversion.io import read_split, write_json, write_split
-from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, reorder,
+from trace_inversion.io import read_split, split_path, write_json, write_split
+from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, mark_finished,
+                                             reorder, reuse_finished, stage_fingerprint,
                                               require_models, run_pipeline, step_kwargs)
 
 TRACE_COLUMNS = ["id", "problem", "surrogate_trace", "surrogate_answer", "summary"]
@@ -60,6 +61,11 @@ def run_build_inverter_data(cfg: RunConfig, rows: list[dict], out_name: str = "i
 
     t0 = time.time()
     out_dir = Path(cfg.output.dir) / out_name
+    fp = stage_fingerprint(cfg, "build-inverter-data", rows, target_release=cfg.inverter_data.target_release and str(
+        split_path(cfg.inverter_data.target_release, "target")))
+    done = reuse_finished(out_dir, fp)
+    if done is not None:
+        return done
     result = reorder(run_pipeline(build_pipeline(cfg, rows)), [r["id"] for r in rows])
     crashed_rows(result, "surrogate_model", "surrogate_error")
     for r in result:
@@ -91,4 +97,6 @@ def run_build_inverter_data(cfg: RunConfig, rows: list[dict], out_name: str = "i
                      {"with_summary": len(ok), "without_summary": len(ok), "traces": len(ok), "failures": len(failed)},
                      extra_sections={"Summary style report": format_report(reports)})
     stats["style_table"] = format_report(reports)
+    if not failed:
+        mark_finished(out_dir, fp, stats)
     return stats

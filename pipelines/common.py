@@ -68,3 +68,56 @@ def step_timings(cfg: RunConfig, step_name: str) -> dict | None:
 
     p = cfg.resolved_cache_path.resolve().parent / "timings" / f"{step_name}.json"
     return json.loads(p.read_text()) if p.exists() else None
+
+
+# ----------------------------------------------------------------------------- finished stages
+MARKER = ".complete.json"
+
+
+def stage_fingerprint(cfg: RunConfig, stage: str, rows: list[dict], **extra) -> str:
+    """What a stage's output depends on: the run config (secrets scrubbed), its input
+    rows, extra inputs and the project version."""
+    import hashlib
+    import json
+
+    from trace_inversion import __version__
+
+    models = {}
+    for role, m in cfg.models.__dict__.items():
+        d = Path(m.model) if m is not None else None
+        if d is not None and d.is_dir():  # a local model folder: retrained weights change the output
+            models[role] = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in d.iterdir() if f.is_file())
+    h = hashlib.sha256()
+    h.update(json.dumps([stage, __version__, cfg.scrubbed_dict(), models, extra], sort_keys=True,
+                        default=str).encode())
+    for r in rows:
+        h.update(json.dumps(r, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def reuse_finished(out_dir: Path, fingerprint: str) -> dict | None:
+    """The saved stats of a finished stage with this fingerprint whose shards are all
+    still in place, else None. A re-run of a finished run costs no pipeline and no call."""
+    import json
+
+    p = Path(out_dir) / MARKER
+    try:
+        m = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    if m.get("fingerprint") != fingerprint or not all((Path(out_dir) / f).exists() for f in m.get("files", [])):
+        return None
+    stats = dict(m["stats"], reused=True)
+    if "new_cost_usd" in stats:
+        stats["new_cost_usd"] = 0.0  # nothing was paid by this run
+    return stats
+
+
+def mark_finished(out_dir: Path, fingerprint: str, stats: dict) -> None:
+    """Record a finished stage (written last, atomically: a crash before it means rerun)."""
+    from trace_inversion.io import write_json
+
+    out_dir = Path(out_dir)
+    files = sorted(str(p.relative_to(out_dir)) for p in (out_dir / "data").rglob("*.parquet")
+                   if not p.name.startswith("."))
+    write_json({"fingerprint": fingerprint, "files": files + ["README.md"], "stats": stats}, out_dir / MARKER)

@@ -22,7 +22,8 @@ from pathlib import Path
 from trace_inversion.config import RunConfig
 from trace_inversion.data import DataError, validate_rows
 from trace_inversion.io import split_path, write_json, write_split
-from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, reorder,
+from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, mark_finished,
+                                             reorder, reuse_finished, stage_fingerprint,
                                               require_models, run_pipeline, step_kwargs, step_timings)
 
 
@@ -86,6 +87,10 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
     rows = rows if rows is not None else load_inversion_rows(cfg)
     ic = cfg.invert
     out_dir = Path(cfg.output.dir) / "inversion"
+    fp = stage_fingerprint(cfg, "invert", rows)
+    done = reuse_finished(out_dir, fp)
+    if done is not None:
+        return done
     result = reorder(run_pipeline(build_pipeline(cfg, rows)), [r["id"] for r in rows])
     crashed_rows(result, "inverter_model", "inversion_reason")
     gt = ic.ground_truth_column
@@ -135,4 +140,6 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
 
     write_stage_card(out_dir, "invert", cfg, stats,
                      {"inverted": len(kept), "unfiltered": len(unfiltered), "rejected": len(rejected)})
+    if not any((r.get("inversion_reason") or "").startswith("internal error") for r in rejected):
+        mark_finished(out_dir, fp, stats)
     return stats

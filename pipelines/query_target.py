@@ -16,7 +16,8 @@ from pathlib import Path
 from trace_inversion.config import RunConfig
 from trace_inversion.data import load_rows
 from trace_inversion.io import write_json, write_split
-from trace_inversion.pipelines.common import count_reasons, crashed_rows, reorder, run_pipeline, step_timings
+from trace_inversion.pipelines.common import (count_reasons, crashed_rows, mark_finished, reorder, reuse_finished,
+                                             run_pipeline, stage_fingerprint, step_timings)
 
 
 def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target"):
@@ -54,6 +55,10 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
     t0 = time.time()
     rows = rows if rows is not None else load_rows(cfg.data, split)
     out_dir = Path(cfg.output.dir) / "target_query"
+    fp = stage_fingerprint(cfg, "query-target", rows)
+    done = reuse_finished(out_dir, fp)
+    if done is not None:
+        return done
     pipeline = build_pipeline(cfg, rows)
     result = reorder(run_pipeline(pipeline), [r["id"] for r in rows])
     crashed_rows(result, "query_attempts", "query_error")
@@ -83,6 +88,8 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
     from trace_inversion.hub_cards.card import write_stage_card
 
     write_stage_card(out_dir, "query-target", cfg, stats, {"target": len(ok), "failures": len(failed)})
+    if not failed:  # failed rows (e.g. retries exhausted, budget) are retried by the next run
+        mark_finished(out_dir, fp, stats)
     return stats
 
 

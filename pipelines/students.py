@@ -14,7 +14,8 @@ from typing import Optional
 
 from trace_inversion.config import RunConfig
 from trace_inversion.io import read_split, write_json, write_split
-from trace_inversion.pipelines.common import distilabel_cache, reorder, run_distiset
+from trace_inversion.pipelines.common import (distilabel_cache, mark_finished, reorder, reuse_finished,
+                                             run_distiset, stage_fingerprint)
 
 DEFAULT_CONDITIONS = ["answer_only", "summary_answer", "surrogate_traces", "inverted_unfiltered",
                       "inverted_verified", "target_traces"]
@@ -48,6 +49,10 @@ def run_student_data(cfg: RunConfig, target_dir: Path, surrogate_dir: Optional[P
     conditions = conditions or DEFAULT_CONDITIONS
     rows = join_sources(Path(target_dir), surrogate_dir and Path(surrogate_dir), inversion_dir and Path(inversion_dir))
     out_dir = Path(cfg.output.dir) / "student_data"
+    fp = stage_fingerprint(cfg, "student-data", rows, conditions=conditions)
+    done = reuse_finished(out_dir, fp)
+    if done is not None:
+        return done
     with Pipeline(name=f"student-data-{cfg.name}", cache_dir=distilabel_cache(cfg)) as pipeline:
         load = LoadDataFromDicts(name="load_rows", data=rows, batch_size=512)
         for c in conditions:
@@ -65,4 +70,5 @@ def run_student_data(cfg: RunConfig, target_dir: Path, surrogate_dir: Optional[P
     from trace_inversion.hub_cards.card import write_stage_card
 
     write_stage_card(out_dir, "student-data", cfg, stats, counts)
+    mark_finished(out_dir, fp, stats)
     return stats

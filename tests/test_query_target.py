@@ -144,3 +144,18 @@ def test_chat_path_against_vllm_cpu_server(vllm_server, tmp_path):
     assert set(stats["failure_reasons"]) <= {"empty answer"}  # an untrained model may emit only whitespace
     assert stats["output_tokens"] > 0 and stats["http_attempts"] == 12
     assert all(0 < u["output_tokens"] <= 12 for u in ok["target_usage"].to_list())
+
+
+def test_rerun_of_a_finished_stage_is_free_and_a_changed_config_reruns(toy_server, tmp_path):
+    srv = toy_server()
+    cfg, _ = config(tmp_path, srv, n=40)
+    first = run_query_target(cfg)
+    assert srv.stats()["total"] == 40 and "reused" not in first
+    again = run_query_target(cfg)  # finished stage, same inputs: no pipeline, no request
+    assert again["reused"] is True and again["rows_out"] == 40 and again["new_cost_usd"] == 0.0
+    assert srv.stats()["total"] == 40
+    cfg2, _ = config(tmp_path, srv, n=40, query={"dry_run_sample": 3})  # config changed: the stage runs again
+    third = run_query_target(cfg2)
+    assert "reused" not in third and srv.stats()["total"] == 40  # ... replaying every request from the cache
+    (tmp_path / "out" / "target_query" / "README.md").unlink()  # an output went missing: run again
+    assert "reused" not in run_query_target(cfg2)

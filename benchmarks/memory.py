@@ -1,0 +1,64 @@
+"""P5: peak memory does not grow with the dataset: peak RSS (the CLI process and every
+worker it starts, summed, sampled every 50 ms) for query-target on 10k vs 100k rows.
+
+The target is the in-process toy target (no HTTP), so the figure is the pipeline's own
+footprint. Baseline in the same run: the 10k-row peak. Goal: the 100k-row peak within
++-10% of it.
+
+Run: python benchmarks/memory.py [--small 10000] [--large 100000]
+"""
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+
+def peak_rss(cmd: list[str]) -> tuple[float, float]:
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            procs = [root] + root.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd} failed with {proc.returncode}")
+    return peak / 2**20, time.perf_counter() - t
+
+
+def run(rows: int, work: Path) -> dict:
+    cfg = {"name": f"bench-mem-{rows}", "data": {"source": "toy", "toy": {"n_train": rows, "n_test": 0}},
+           "models": {"target": {"backend": "toy", "model": "toy-target"}}, "output": {"dir": str(work / str(rows))}}
+    path = work / f"cfg-{rows}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    mb, secs = peak_rss([sys.executable, "-m", "trace_inversion.cli", "query-target", "--config", str(path)])
+    return {"rows": rows, "peak_rss_mib": round(mb, 1), "seconds": round(secs, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--small", type=int, default=10_000)
+    ap.add_argument("--large", type=int, default=100_000)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-mem-"))
+    small, large = run(args.small, work), run(args.large, work)
+    ratio = large["peak_rss_mib"] / small["peak_rss_mib"]
+    print(json.dumps({"benchmark": "memory", "machine": f"{platform.machine()}, {psutil.cpu_count()} cpus",
+                      "small": small, "large": large, "large_over_small": round(ratio, 3),
+                      "goal": "0.9 <= large_over_small <= 1.1", "meets_goal": 0.9 <= ratio <= 1.1}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
