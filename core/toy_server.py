@@ -57,6 +57,7 @@ class ServerState:
     in_flight: int = 0
     in_flight_keys: Counter = field(default_factory=Counter)
     total: int = 0
+    auth_sha256: set = field(default_factory=set)  # sha256 of each distinct bearer token seen (never the token)
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -157,6 +158,9 @@ def make_app(state: ServerState):
         except Exception:
             return web.json_response({"error": {"message": "invalid JSON body", "type": "invalid_request_error"}}, status=400)
         key = _body_key(body)
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            state.auth_sha256.add(hashlib.sha256(auth[7:].encode()).hexdigest())
         state.counts[key] += 1
         state.total += 1
         attempt = state.counts[key]
@@ -207,7 +211,7 @@ def make_app(state: ServerState):
     async def stats(request):
         return web.json_response({
             "total": state.total, "in_flight": state.in_flight, "in_flight_keys": list(state.in_flight_keys), "distinct": len(state.counts),
-            "counts": dict(state.counts), "paid": dict(state.paid),
+            "counts": dict(state.counts), "paid": dict(state.paid), "auth_sha256": sorted(state.auth_sha256),
         })
 
     async def reset(request):
