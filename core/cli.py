@@ -27,6 +27,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (dotted path), repeatable")
     p.add_argument("--output", "-o", help="output folder (same as --set output.dir=...)")
+    p.add_argument("--ray", action="store_true", help="run on distilabel's Ray pipeline (same as --set runtime.ray=true)")
 
 
 def _config_from(args) -> RunConfig:
@@ -37,6 +38,8 @@ def _config_from(args) -> RunConfig:
         overrides = deep_merge(overrides, parse_override(item))
     if getattr(args, "output", None):
         overrides = deep_merge(overrides, {"output": {"dir": args.output}})
+    if getattr(args, "ray", False):
+        overrides = deep_merge(overrides, {"runtime": {"ray": True}})
     return load_config(args.config, overrides or None)
 
 

@@ -289,6 +289,16 @@ class ModelsConfig(_Strict):
     inverter: Optional[ModelConfig] = Field(None, description="Writes a trace from problem, answer, summary.")
 
 
+class RuntimeConfig(_Strict):
+    """Where pipelines execute; never changes what they produce."""
+
+    ray: bool = Field(False, description="Run pipelines on distilabel's Ray pipeline (a local cluster, or the one at "
+                                         "ray_address / $RAY_ADDRESS).")
+    ray_address: Optional[str] = Field(None, description="Ray cluster to join, e.g. 'auto' or 'ray://head:10001' "
+                                                         "(default: $RAY_ADDRESS, else start a local cluster).")
+    replicas: int = Field(1, ge=1, le=1024, description="Ray: replicas of each model step.")
+
+
 class RunConfig(_Strict):
     """A whole run. Load with ``load_config``; every field has a description."""
 
@@ -303,6 +313,7 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig, description="Input problems.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model roles.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output locations.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution (local or Ray).")
 
     @field_validator("name")
     @classmethod

@@ -66,7 +66,7 @@ def run_build_inverter_data(cfg: RunConfig, rows: list[dict], out_name: str = "i
     done = reuse_finished(out_dir, fp)
     if done is not None:
         return done
-    result = reorder(run_pipeline(build_pipeline(cfg, rows)), [r["id"] for r in rows])
+    result = reorder(run_pipeline(build_pipeline(cfg, rows), cfg), [r["id"] for r in rows])
     crashed_rows(result, "surrogate_model", "surrogate_error")
     for r in result:
         r["failure"] = r.get("surrogate_error") or r.get("summary_error") or (

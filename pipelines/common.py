@@ -20,22 +20,40 @@ def step_kwargs(cfg: RunConfig, role: str, total_rows: int) -> dict:
     m = getattr(cfg.models, role)
     batch = max(64, m.concurrency * 4) if m.backend not in ("vllm", "transformers") else 256
     kw = dict(model=m.model_dump(mode="json"), cache_path=str(cfg.resolved_cache_path.resolve()),
-              toy_world=cfg.data.toy.model_dump(mode="json"), input_batch_size=batch, total_rows=total_rows)
+              toy_world=cfg.data.toy.model_dump(mode="json"), input_batch_size=batch, total_rows=total_rows,
+              resources=step_resources(cfg, role))
     return kw
 
 
-def run_distiset(pipeline):
+def run_distiset(pipeline, cfg: RunConfig | None = None):
     """Run with distilabel's cache off (its resume hangs, upstream #1065; the request
-    cache is the resume mechanism) and the write-buffer schema fix applied."""
+    cache is the resume mechanism) and the write-buffer schema fix applied; on Ray
+    when ``cfg.runtime.ray`` is set (the same DAG, steps as Ray actors)."""
     from trace_inversion.distilabel_compat import patch_write_buffer
 
     patch_write_buffer()
+    if cfg is not None and cfg.runtime.ray:
+        import os
+
+        address = cfg.runtime.ray_address or os.environ.get("RAY_ADDRESS")
+        kwargs = {"address": address} if address else {"include_dashboard": False}
+        kwargs["log_to_driver"] = False
+        pipeline = pipeline.ray(ray_init_kwargs=kwargs)
     return pipeline.run(use_cache=False)
 
 
-def run_pipeline(pipeline) -> list[dict]:
+def run_pipeline(pipeline, cfg: RunConfig | None = None) -> list[dict]:
     """Run (see ``run_distiset``) and return the single leaf step's rows."""
-    return run_distiset(pipeline)["default"]["train"].to_list()
+    return run_distiset(pipeline, cfg)["default"]["train"].to_list()
+
+
+def step_resources(cfg: RunConfig, role: str):
+    """Ray: replicas per model step, and GPUs = the vLLM tensor-parallel size."""
+    from distilabel.steps import StepResources
+
+    m = getattr(cfg.models, role)
+    gpus = m.tensor_parallel_size if (cfg.runtime.ray and m.backend == "vllm" and m.tensor_parallel_size > 1) else None
+    return StepResources(replicas=cfg.runtime.replicas if cfg.runtime.ray else 1, gpus=gpus)
 
 
 def crashed_rows(rows: Iterable[dict], marker: str, error_col: str) -> None:
@@ -88,7 +106,8 @@ def stage_fingerprint(cfg: RunConfig, stage: str, rows: list[dict], **extra) -> 
         if d is not None and d.is_dir():  # a local model folder: retrained weights change the output
             models[role] = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in d.iterdir() if f.is_file())
     h = hashlib.sha256()
-    h.update(json.dumps([stage, __version__, cfg.scrubbed_dict(), models, extra], sort_keys=True,
+    settings = {k: v for k, v in cfg.scrubbed_dict().items() if k != "runtime"}  # where it ran changes nothing
+    h.update(json.dumps([stage, __version__, settings, models, extra], sort_keys=True,
                         default=str).encode())
     for r in rows:
         h.update(json.dumps(r, sort_keys=True, default=str).encode())

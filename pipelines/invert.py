@@ -91,7 +91,7 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
     done = reuse_finished(out_dir, fp)
     if done is not None:
         return done
-    result = reorder(run_pipeline(build_pipeline(cfg, rows)), [r["id"] for r in rows])
+    result = reorder(run_pipeline(build_pipeline(cfg, rows), cfg), [r["id"] for r in rows])
     crashed_rows(result, "inverter_model", "inversion_reason")
     gt = ic.ground_truth_column
     has_gt = bool(gt) and any(r.get(gt) for r in result)

@@ -17,7 +17,7 @@ from trace_inversion.config import RunConfig
 from trace_inversion.data import load_rows
 from trace_inversion.io import write_json, write_split
 from trace_inversion.pipelines.common import (count_reasons, crashed_rows, mark_finished, reorder, reuse_finished,
-                                             run_pipeline, stage_fingerprint, step_timings)
+                                             run_pipeline, stage_fingerprint, step_kwargs, step_timings)
 
 
 def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target"):
@@ -36,11 +36,7 @@ def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target")
         load = LoadDataFromDicts(name="load_problems", data=rows, batch_size=batch)
         query = QueryTarget(
             name="query_target",
-            model=cfg.models.target.model_dump(mode="json"),
-            cache_path=str(cfg.resolved_cache_path.resolve()),
-            toy_world=cfg.data.toy.model_dump(mode="json"),
-            input_batch_size=batch,
-            total_rows=len(rows),
+            **step_kwargs(cfg, "target", len(rows)),
             require_summary=cfg.query.require_summary,
             system_prompt=cfg.query.system_prompt,
             refusal_patterns=cfg.query.refusal_patterns,
@@ -60,7 +56,7 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
     if done is not None:
         return done
     pipeline = build_pipeline(cfg, rows)
-    result = reorder(run_pipeline(pipeline), [r["id"] for r in rows])
+    result = reorder(run_pipeline(pipeline, cfg), [r["id"] for r in rows])
     crashed_rows(result, "query_attempts", "query_error")
     for r in result:
         if r.get("query_attempts") is None:

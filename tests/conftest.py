@@ -84,3 +84,52 @@ def argilla_stack(tmp_path_factory):
     st = start_argilla_stack(tmp_path_factory.mktemp("argilla"))
     yield st
     st.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A local Ray cluster (`ray start --head --block`, CPU only) in its own process
+    group, stopped by pid; yields its address for RAY_ADDRESS."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from trace_inversion.servers import free_port
+
+    port = free_port()
+    tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    log = tmp_path_factory.mktemp("ray") / "ray.log"
+    ray_bin = Path(sys.executable).with_name("ray")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")  # a local test cluster; Ray 2.60 may default to tokens
+    proc = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={tmp}", "--node-ip-address=127.0.0.1"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    address = f"127.0.0.1:{port}"
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        r = subprocess.run([str(ray_bin), "status", f"--address={address}"], capture_output=True, text=True, env=env)
+        if r.returncode == 0:
+            break
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(1)
+    else:
+        raise TimeoutError(log.read_text()[-3000:])
+    yield address
+    import psutil
+
+    # Ray's daemons (gcs_server, raylet, agents, workers) are not all in the group:
+    # stop the group, then every process whose command line names this cluster's dir.
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if tmp in " ".join(p.info["cmdline"] or []):
+                p.kill()
+        except psutil.Error:
+            pass
