@@ -9,6 +9,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (mkstemp uses 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_parquet(rows: list[dict], path: str | os.PathLike, schema_hint: dict | None = None) -> Path:
     """Write ``rows`` to ``path`` atomically; a crash leaves the old file or none."""
     import polars as pl
@@ -18,6 +25,7 @@ def write_parquet(rows: list[dict], path: str | os.PathLike, schema_hint: dict |
     df = pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame(schema=schema_hint or {"id": pl.Utf8})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, _umask_mode())  # shards are shared: readable like any file the user writes
     try:
         df.write_parquet(tmp)
         os.replace(tmp, path)
@@ -37,6 +45,7 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, _umask_mode())
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=str)
     os.replace(tmp, path)

@@ -65,8 +65,20 @@ def publish_local(stage_folder: str | os.PathLike, repo: str | os.PathLike, vers
     """Publish ``stage_folder`` (data/ + README.md) as release ``version`` of ``repo``.
 
     With ``skip_unchanged`` (default) and no explicit version, content identical to the
-    latest release is not released again: that release is returned (``unchanged``)."""
-    src, repo = Path(stage_folder), Path(repo)
+    latest release is not released again: that release is returned (``unchanged``).
+    Any write failure (disk full, permissions) raises ReleaseError and leaves the
+    repository at its previous release."""
+    try:
+        return _publish_local(Path(stage_folder), Path(repo), version, message, skip_unchanged)
+    except OSError as e:
+        if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0]:
+            e = OSError(str(e.args[0][0][2]))  # copytree: report the first failed copy
+        raise ReleaseError(f"writing the release failed: {e.strerror or e} ({e.filename or repo}); the previous "
+                           "release is intact; fix: free disk space or fix permissions, then publish again") from e
+
+
+def _publish_local(src: Path, repo: Path, version: Optional[str], message: Optional[str],
+                   skip_unchanged: bool) -> dict:
     check_stage_folder(src)
     _ensure_repo(repo)
     version = version or next_version(repo)
