@@ -1,0 +1,32 @@
+"""Pure helpers shared by the pipelines: Ray step resources and stage fingerprints."""
+
+from trace_inversion.config import load_config
+from trace_inversion.pipelines.common import stage_fingerprint, step_resources
+
+
+def _cfg(tmp_path, **over):
+    base = {"models": {"inverter": {"backend": "vllm", "model": str(tmp_path), "tensor_parallel_size": 4}},
+            "output": {"dir": str(tmp_path / "out")}}
+    base.update(over)
+    return load_config(None, base)
+
+
+def test_ray_resources_follow_tensor_parallel_size_and_replicas(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    local = step_resources(_cfg(tmp_path), "inverter")
+    assert local.replicas == 1 and local.gpus is None  # local runs: distilabel's own process pool
+    ray = step_resources(_cfg(tmp_path, runtime={"ray": True, "replicas": 3}), "inverter")
+    assert ray.replicas == 3 and ray.gpus == 4
+    toy = step_resources(_cfg(tmp_path, runtime={"ray": True}), "target")
+    assert toy.gpus is None
+
+
+def test_fingerprint_ignores_where_it_runs_but_not_what_it_computes(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    rows = [{"id": "1", "problem": "p"}]
+    a = stage_fingerprint(_cfg(tmp_path), "invert", rows)
+    assert a == stage_fingerprint(_cfg(tmp_path, runtime={"ray": True, "ray_address": "auto"}), "invert", rows)
+    assert a != stage_fingerprint(_cfg(tmp_path, seed=1), "invert", rows)
+    assert a != stage_fingerprint(_cfg(tmp_path), "invert", rows + [{"id": "2", "problem": "q"}])
+    (tmp_path / "model.safetensors").write_bytes(b"retrained weights")  # same folder, new model
+    assert a != stage_fingerprint(_cfg(tmp_path), "invert", rows)
