@@ -5,6 +5,7 @@ traces, verified >= unfiltered, and the whole run's minutes per seed (goal <= 10
 Writes benchmarks/demo_results.md with the report.
 
 Run: python benchmarks/demo.py [--seeds 3] [--output runs/demo-bench]
+     python benchmarks/demo.py --from-run DIR   (check a finished `trace-inversion demo -o DIR`)
 """
 
 import argparse
@@ -18,11 +19,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--output", default="runs/demo-bench")
+    ap.add_argument("--from-run", help="a finished demo output folder: check it instead of running")
     a = ap.parse_args()
-    from trace_inversion.pipelines.demo import run_demo
+    if a.from_run:
+        a.output = a.from_run
+        report = (Path(a.output) / "report.md").read_text()
+    else:
+        from trace_inversion.pipelines.demo import run_demo
 
-    report = run_demo(output=a.output, seeds=a.seeds)
+        report = run_demo(output=a.output, seeds=a.seeds)
     stats = json.loads((Path(a.output) / "stats.json").read_text())
+    a.seeds = len(stats["runs"])
     checks = []
     for r in stats["runs"]:
         acc = r["accuracy"]
