@@ -149,6 +149,9 @@ class ToyWorldConfig(_Strict):
         3, ge=0, description="The surrogate is right on its first k steps and errs after them (systematic weakness)."
     )
     surrogate_error_rate: float = Field(0.3, ge=0.0, le=1.0, description="Per-step error rate past the reliable steps.")
+    surrogate_errors: Literal["random", "systematic"] = Field(
+        "random", description="'random': each late step is wrong with that probability; 'systematic': that share of "
+                              "facts (a op b) is always wrong the same way late in a chain (errors a student inherits).")
     inverter_error_rate: float = Field(0.1, ge=0.0, le=1.0, description="toy-inverter: per-step error rate on steps "
                                        "the summary does not reveal.")
     inverter_forces_answer: float = Field(0.5, ge=0.0, le=1.0, description="toy-inverter: probability that a trace "

@@ -25,6 +25,7 @@ use to measure what answer-consistency filtering cannot see.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from dataclasses import dataclass, field
@@ -101,6 +102,7 @@ class ToyWorld:
     summary_every: int = 2
     surrogate_reliable_steps: int = 3
     surrogate_error_rate: float = 0.3
+    surrogate_errors: str = "random"
     inverter_error_rate: float = 0.1
     inverter_forces_answer: float = 0.5
     _seen: set = field(default_factory=set, repr=False)
@@ -111,6 +113,7 @@ class ToyWorld:
         return cls(seed=cfg.seed, n_ops=cfg.n_ops, modulus=cfg.modulus, ops=cfg.ops,
                    summary_every=cfg.summary_every, surrogate_reliable_steps=cfg.surrogate_reliable_steps,
                    surrogate_error_rate=cfg.surrogate_error_rate,
+                   surrogate_errors=getattr(cfg, "surrogate_errors", "random"),
                    inverter_error_rate=getattr(cfg, "inverter_error_rate", 0.1),
                    inverter_forces_answer=getattr(cfg, "inverter_forces_answer", 0.5))
 
@@ -172,11 +175,23 @@ class ToyWorld:
         lines, v = [], p.start
         for i, (op, b) in enumerate(p.steps):
             nv = apply(v, op, b, p.modulus)
-            if i >= self.surrogate_reliable_steps and rng.random() < self.surrogate_error_rate:
-                nv = (nv + rng.randrange(1, p.modulus)) % p.modulus
+            if i >= self.surrogate_reliable_steps:
+                if self.surrogate_errors == "systematic":
+                    nv = self._misconception(v, op, b, nv, p.modulus)
+                elif rng.random() < self.surrogate_error_rate:
+                    nv = (nv + rng.randrange(1, p.modulus)) % p.modulus
             lines.append(f"{v}{op}{b} -> {nv}")
             v = nv
         return "\n".join(lines), v
+
+    def _misconception(self, a: int, op: str, b: int, right: int, modulus: int) -> int:
+        """``systematic`` errors: a fixed share of facts (a op b) is always wrong, the same
+        way, late in a chain: a student of these traces inherits them, it cannot average
+        them out."""
+        h = int.from_bytes(hashlib.sha256(f"misconception:{self.seed}:{a}{op}{b}".encode()).digest()[:8], "big")
+        if (h % 10_000) / 10_000 >= self.surrogate_error_rate:
+            return right
+        return (right + 1 + (h // 10_000) % (modulus - 1)) % modulus
 
     def surrogate_response(self, p: Problem) -> str:
         """The surrogate's full output: ``<think>trace</think>`` then the answer."""

@@ -63,7 +63,9 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
     gen = {"max_new_tokens": size["max_new_tokens"], "seed": seed}
     over = deep_merge({
         "name": f"demo-seed{seed}", "seed": seed,
-        "data": {"toy": {"seed": seed, "n_train": size["n_train"], "n_test": size["n_test"], "n_ops": size["n_ops"]}},
+        # the paper's premise: a surrogate that is systematically weaker (errors students inherit)
+        "data": {"toy": {"seed": seed, "n_train": size["n_train"], "n_test": size["n_test"], "n_ops": size["n_ops"],
+                         "surrogate_errors": "systematic"}},
         "output": {"dir": str(out)},
         "models": {"inverter": {"backend": inverter_backend, "model": str(inv_model), "sampling": gen}},
         "invert": {"max_attempts": 4, "max_model_len": 512},

@@ -1,6 +1,6 @@
 """The toy world: determinism, correct target, lossy summary, systematically weak surrogate."""
 
-from trace_inversion.toy_world import (OP_NAMES, ToyWorld, boxed_value, check_steps, parse_problem, trace_final_value,
+from trace_inversion.toy_world import (OP_NAMES, ToyWorld, apply, boxed_value, check_steps, parse_problem, trace_final_value,
                                        trace_values)
 
 
@@ -69,3 +69,20 @@ def test_compressor_matches_target_summary_style():
         assert w.compress(w.target_trace(p)) == w.target_response(p)["summary"]
         s_trace, _ = w.surrogate_trace(p)
         assert trace_values(s_trace)[:3] == p.values()[:3]
+
+
+def test_systematic_surrogate_errors_are_fixed_per_fact():
+    """'systematic': a fixed share of facts (a op b) is always wrong the same way late in a
+    chain, so a student cannot average the errors out (unlike 'random')."""
+    w = ToyWorld(seed=0, n_ops=6, surrogate_reliable_steps=3, surrogate_error_rate=0.3, surrogate_errors="systematic")
+    seen: dict = {}
+    for p in w.problems(1500):
+        trace, ans = w.surrogate_trace(p)
+        c = check_steps(p, trace)
+        assert c["first_error"] is None or c["first_error"] >= 3  # the reliable prefix stays right
+        assert trace_final_value(trace) == ans
+        for line in trace.splitlines()[3:]:
+            fact, value = line.split(" -> ")
+            assert seen.setdefault(fact, value) == value  # the same fact, the same answer, every time
+    wrong = sum(1 for f, v in seen.items() if int(v) != apply(int(f[0]), f[1], int(f[2:]), 10)) / len(seen)
+    assert 0.2 < wrong < 0.4 and len(seen) == 300  # 30% of the 300 facts, all facts seen
