@@ -17,12 +17,6 @@ from __future__ import annotations
 _PATCHED = False
 
 
-def _as_schema(rows: list[dict], schema):
-    import pyarrow as pa
-
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
 def unify(old, new):
     import pyarrow as pa
 
@@ -33,10 +27,12 @@ def conform(table, schema):
     """``table`` with ``schema``: a cast where arrow can, else rebuilt from its rows."""
     if table.schema.equals(schema):
         return table
+    import pyarrow as pa
+
     try:
         return table.select(schema.names).cast(schema)
     except Exception:  # noqa: BLE001 - struct field sets differ, etc.
-        return _as_schema(table.to_pylist(), schema)
+        return pa.Table.from_pylist(table.to_pylist(), schema=schema)
 
 
 def patch_write_buffer() -> None:

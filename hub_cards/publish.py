@@ -51,13 +51,26 @@ def list_tags(repo: str | os.PathLike) -> list[str]:
     repo = Path(repo)
     if not (repo / ".git").exists():
         return []
-    out = _git(["tag", "--list", "v*"], repo).stdout.split()
-    return sorted(out, key=lambda t: [int(x) for x in t[1:].split(".")])
+    return sorted_versions(_git(["tag", "--list", "v*"], repo).stdout.split())
+
+
+def sorted_versions(names) -> list[str]:
+    """The release tags (v1, v2.1, ...) among ``names``, oldest first."""
+    return sorted((t for t in names if _TAG.match(t)), key=lambda t: [int(x) for x in t[1:].split(".")])
+
+
+def version_after(tags: list[str]) -> str:
+    """The version that follows sorted release ``tags``."""
+    return f"v{int(tags[-1][1:].split('.')[0]) + 1}" if tags else "v1"
+
+
+def check_version(version: Optional[str]) -> None:
+    if version is not None and not _TAG.match(version):
+        raise ReleaseError(f"version {version!r} is not a tag like v1 or v2.1; fix: use v<number>")
 
 
 def next_version(repo: str | os.PathLike) -> str:
-    tags = list_tags(repo)
-    return f"v{int(tags[-1][1:].split('.')[0]) + 1}" if tags else "v1"
+    return version_after(list_tags(repo))
 
 
 def publish_local(stage_folder: str | os.PathLike, repo: str | os.PathLike, version: Optional[str] = None,
@@ -82,8 +95,7 @@ def _publish_local(src: Path, repo: Path, version: Optional[str], message: Optio
     check_stage_folder(src)
     _ensure_repo(repo)
     version = version or next_version(repo)
-    if not _TAG.match(version):
-        raise ReleaseError(f"version {version!r} is not a tag like v1 or v2.1; fix: use v<number>")
+    check_version(version)
     if version in list_tags(repo):
         raise ReleaseError(f"release {version} already exists in {repo}; versions are immutable; fix: publish as "
                            f"{next_version(repo)}")
@@ -176,8 +188,7 @@ def publish_hub(stage_folder: str | os.PathLike, repo_id: str, version: Optional
     src = Path(stage_folder)
     if not _REPO_ID.match(repo_id or ""):
         raise ReleaseError(f"Hub repo id {repo_id!r} is not owner/name; fix: e.g. my-org/my-traces")
-    if version is not None and not _TAG.match(version):
-        raise ReleaseError(f"version {version!r} is not a tag like v1 or v2.1; fix: use v<number>")
+    check_version(version)
     token = os.environ.get(token_env)
     if not token:
         raise ReleaseError(f"no Hub token: environment variable {token_env} is not set; fix: export {token_env}=hf_...")
@@ -188,9 +199,8 @@ def publish_hub(stage_folder: str | os.PathLike, repo_id: str, version: Optional
         card.validate(repo_type="dataset")  # the Hub's own metadata check (POST /api/validate-yaml)
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         refs = api.list_repo_refs(repo_id, repo_type="dataset")
-        tags = sorted((t.name for t in refs.tags if _TAG.match(t.name)),
-                      key=lambda t: [int(x) for x in t[1:].split(".")])
-        nxt = f"v{int(tags[-1][1:].split('.')[0]) + 1}" if tags else "v1"
+        tags = sorted_versions(t.name for t in refs.tags)
+        nxt = version_after(tags)
         if version in tags:
             raise ReleaseError(f"release {version} already exists in {repo_id}; versions are immutable; fix: publish "
                                f"as {nxt}")

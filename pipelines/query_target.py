@@ -16,8 +16,9 @@ from pathlib import Path
 from trace_inversion.config import RunConfig
 from trace_inversion.data import load_rows
 from trace_inversion.io import write_json, write_split
-from trace_inversion.pipelines.common import (count_reasons, crashed_rows, mark_finished, reorder, reuse_finished,
-                                             run_pipeline, stage_fingerprint, step_kwargs, step_timings)
+from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, mark_finished, reorder,
+                                             require_models, reuse_finished, run_pipeline, stage_fingerprint,
+                                             step_kwargs, step_timings)
 
 
 def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target"):
@@ -26,17 +27,13 @@ def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target")
 
     from trace_inversion.steps.target_query import QueryTarget
 
-    if cfg.models.target is None:
-        from trace_inversion.config import ConfigError
-
-        raise ConfigError(["models.target: missing; fix: add a target model (see `trace-inversion config show`)"])
-    batch = max(64, cfg.models.target.concurrency * 4)
-    cache_dir = Path(cfg.output.dir) / ".distilabel"
-    with Pipeline(name=f"{name}-{cfg.name}", cache_dir=str(cache_dir)) as pipeline:
-        load = LoadDataFromDicts(name="load_problems", data=rows, batch_size=batch)
+    require_models(cfg, "target")
+    kw = step_kwargs(cfg, "target", len(rows))
+    with Pipeline(name=f"{name}-{cfg.name}", cache_dir=distilabel_cache(cfg)) as pipeline:
+        load = LoadDataFromDicts(name="load_problems", data=rows, batch_size=kw["input_batch_size"])
         query = QueryTarget(
             name="query_target",
-            **step_kwargs(cfg, "target", len(rows)),
+            **kw,
             require_summary=cfg.query.require_summary,
             system_prompt=cfg.query.system_prompt,
             refusal_patterns=cfg.query.refusal_patterns,
