@@ -50,6 +50,23 @@ def request_key(backend: str, model: str, payload: dict) -> str:
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
+def _enable_wal(conn: sqlite3.Connection, seconds: float = 60.0) -> None:
+    """Switch to WAL (persistent: a no-op once any connection has done it). Changing the
+    journal mode can fail at once with "database is locked" when several processes open
+    a new cache together (distilabel loads its steps in parallel), without waiting on
+    the busy timeout, so it is retried."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class RequestCache:
     """Durable, process- and thread-safe map from request hash to response.
 
@@ -76,9 +93,9 @@ class RequestCache:
         conn = getattr(self._local, "conn", None)
         if conn is None or self._pid != os.getpid():
             conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self._sync}")
             conn.execute("PRAGMA busy_timeout=60000")
+            _enable_wal(conn)
+            conn.execute(f"PRAGMA synchronous={self._sync}")
             conn.executescript(SCHEMA)
             self._local.conn = conn
             self._pid = os.getpid()

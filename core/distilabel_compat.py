@@ -1,4 +1,14 @@
-"""A fix for distilabel 1.5.3's leaf-step write buffer, applied before every pipeline run.
+"""Fixes applied before every distilabel pipeline run (see ``pipelines.common.run_distiset``).
+
+1. ``stop_tqdm_monitor``: distilabel starts its step processes with ``fork``. tqdm's
+   monitor thread (started by the first progress bar in a process: a step run in-process,
+   ``datasets.load_dataset``, ...) wakes every 10 s and holds tqdm's thread lock while it
+   looks at the bars. A fork at that moment copies the lock held, and the child's first
+   progress bar then waits on it forever: the pipeline hangs with no error (seen once in
+   CI, where a test ran a step in-process before a pipeline). The monitor only nudges
+   stalled bars, so it is stopped and kept off.
+
+2. ``patch_write_buffer``: distilabel 1.5.3's leaf-step write buffer.
 
 distilabel writes a leaf step's rows to parquet in chunks of 50 and keeps the first
 chunk's schema. When a later chunk has the same column names but other types (a column
@@ -15,6 +25,26 @@ merge) and rebuilds any chunk whose schema differs from the final one.
 from __future__ import annotations
 
 _PATCHED = False
+
+
+def stop_tqdm_monitor() -> None:
+    """Stop tqdm's monitor thread, if running, and keep new bars from starting one."""
+    from tqdm import std
+
+    std.tqdm.monitor_interval = 0
+    todo, seen = [std.tqdm], set()
+    while todo:  # tqdm stores the thread on the class that made the bar (tqdm.auto's, ...)
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        todo.extend(cls.__subclasses__())
+        mon = cls.__dict__.get("monitor")
+        if mon is not None:
+            mon.exit()  # sets its kill event and joins: tqdm's lock is free afterwards
+            cls.monitor = None
+        if "monitor_interval" in cls.__dict__:
+            cls.monitor_interval = 0
 
 
 def unify(old, new):

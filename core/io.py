@@ -16,13 +16,24 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_parquet(rows: list[dict], path: str | os.PathLike, schema_hint: dict | None = None) -> Path:
-    """Write ``rows`` to ``path`` atomically; a crash leaves the old file or none."""
+def write_parquet(rows: list[dict], path: str | os.PathLike, schema_hint: dict | None = None,
+                  like: list[dict] | None = None) -> Path:
+    """Write ``rows`` to ``path`` atomically; a crash leaves the old file or none.
+
+    An empty ``rows`` still gets the real columns: those of ``like`` (rows of a sibling
+    split, e.g. the kept rows for an empty rejected split), else ``schema_hint``, else
+    just ``id``; readers can then select columns without special-casing empty splits.
+    """
     import polars as pl
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df = pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame(schema=schema_hint or {"id": pl.Utf8})
+    if rows:
+        df = pl.DataFrame(rows, infer_schema_length=None)
+    elif like:
+        df = pl.DataFrame(like, infer_schema_length=None).clear()
+    else:
+        df = pl.DataFrame(schema=schema_hint or {"id": pl.Utf8})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, _umask_mode())  # shards are shared: readable like any file the user writes
@@ -52,7 +63,8 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def write_split(folder: str | os.PathLike, config: str, rows: list[dict], split: str = "train") -> Path:
+def write_split(folder: str | os.PathLike, config: str, rows: list[dict], split: str = "train",
+                like: list[dict] | None = None) -> Path:
     """Write one split of a dataset folder as ``data/<config>/<split>-<sha12>.parquet``.
 
     The shard name carries a hash of its bytes: ``datasets`` caches local folders by
@@ -60,11 +72,12 @@ def write_split(folder: str | os.PathLike, config: str, rows: list[dict], split:
     with the same name and fixed shard names would share a cache entry and a later
     ``load_dataset`` or ``trl sft`` could read the other run's rows. Older shards of the
     split are removed after the new one is in place (the card lists the newest only).
+    An empty split takes its columns from ``like`` (see ``write_parquet``).
     """
     import hashlib
 
     d = Path(folder) / "data" / config
-    tmp = write_parquet(rows, d / f".{split}.parquet.new")
+    tmp = write_parquet(rows, d / f".{split}.parquet.new", like=like)
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:12]
     final = d / f"{split}-{digest}.parquet"
     os.replace(tmp, final)

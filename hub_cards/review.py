@@ -162,8 +162,8 @@ def build_reviewed(folder: str | os.PathLike, reviews: dict[str, list[dict]], ou
     if unknown:
         raise ReviewError(f"{len(unknown)} reviewed records are not rows of {src}/{config} (e.g. {unknown[:3]}); "
                           "fix: pull into the folder that was pushed")
-    write_split(dst, config, kept)
-    write_split(dst, "review_rejected", rejected)
+    write_split(dst, config, kept, like=rejected)
+    write_split(dst, "review_rejected", rejected, like=kept)
     ctx = load_context(src)
     ctx["counts"] = dict(ctx["counts"], **{config: len(kept), "review_rejected": len(rejected)})
     ctx["stats"] = dict(ctx["stats"], review_verdicts=counts)

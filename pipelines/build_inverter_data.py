@@ -77,8 +77,12 @@ def run_build_inverter_data(cfg: RunConfig, rows: list[dict], out_name: str = "i
     write_split(out_dir, "without_summary", [{"id": r["id"], "messages": r["messages_without_summary"]} for r in ok])
     write_split(out_dir, "traces", [{k: r.get(k) for k in TRACE_COLUMNS + ["summary_style", "summary_prompt_sha"]}
                                     for r in ok])
-    write_split(out_dir, "failures", [{"id": r["id"], "problem": r["problem"], "surrogate_output": r.get("surrogate_output"),
-                                       "failure": r["failure"]} for r in failed])
+    def failure_row(r):
+        return {"id": r["id"], "problem": r["problem"], "surrogate_output": r.get("surrogate_output"),
+                "failure": r["failure"]}
+
+    write_split(out_dir, "failures", [failure_row(r) for r in failed],
+                like=[dict(failure_row(r), failure="") for r in ok[:1]])
     reports = {"compressor": style_report([r["summary"] for r in ok], [r["surrogate_trace"] for r in ok])}
     real = target_summaries(cfg.inverter_data.target_release)
     if real is not None:

@@ -28,10 +28,17 @@ def step_kwargs(cfg: RunConfig, role: str, total_rows: int) -> dict:
 def run_distiset(pipeline, cfg: RunConfig | None = None):
     """Run with distilabel's cache off (its resume hangs, upstream #1065; the request
     cache is the resume mechanism) and the write-buffer schema fix applied; on Ray
-    when ``cfg.runtime.ray`` is set (the same DAG, steps as Ray actors)."""
-    from trace_inversion.distilabel_compat import patch_write_buffer
+    when ``cfg.runtime.ray`` is set (the same DAG, steps as Ray actors). tqdm's monitor
+    thread is stopped first: a fork while it holds tqdm's lock hangs the step process.
+    """
+    from trace_inversion.distilabel_compat import patch_write_buffer, stop_tqdm_monitor
 
     patch_write_buffer()
+    stop_tqdm_monitor()
+    # distilabel reloads <cache>/pipeline.yaml even with use_cache=False; a run killed
+    # while writing it leaves an empty file that crashes every later run. Its cache is
+    # never used here, so the stale copy goes (this run writes it again).
+    Path(pipeline._cache_location["pipeline"]).unlink(missing_ok=True)
     if cfg is not None and cfg.runtime.ray:
         import os
 

@@ -104,8 +104,8 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
                 r[f"overlap_{k}"] = v
     kept = [r for r in result if r["inversion_accepted"]]
     rejected = [r for r in result if not r["inversion_accepted"]]
-    write_split(out_dir, "inverted", kept)
-    write_split(out_dir, "rejected", rejected)
+    write_split(out_dir, "inverted", kept, like=rejected)
+    write_split(out_dir, "rejected", rejected, like=kept)
     unfiltered = [{"id": r["id"], "problem": r["problem"], ic.answer_column: r[ic.answer_column],
                    "first_trace": r.get("first_trace"), "first_verdict": r.get("first_verdict")} for r in result
                   if r.get("first_trace")]

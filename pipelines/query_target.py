@@ -61,8 +61,10 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
     ok = [r for r in result if r["query_error"] is None]
     failed = [r for r in result if r["query_error"] is not None]
     # Per-run facts (attempts) go to stats, not rows: a resumed run writes identical data.
-    write_split(out_dir, "target", [{k: v for k, v in r.items() if k != "query_attempts"} for r in ok])
-    write_split(out_dir, "failures", [{k: v for k, v in r.items() if k != "query_attempts"} for r in failed])
+    ok_rows = [{k: v for k, v in r.items() if k != "query_attempts"} for r in ok]
+    failed_rows = [{k: v for k, v in r.items() if k != "query_attempts"} for r in failed]
+    write_split(out_dir, "target", ok_rows, like=failed_rows)
+    write_split(out_dir, "failures", failed_rows, like=ok_rows)
     reasons = count_reasons(failed, "query_error")
     stats = {
         "rows_in": len(rows),

@@ -26,3 +26,49 @@ def test_late_typed_columns_survive_the_write_buffer(tmp_path):
     assert by_i[5]["err"] is None and by_i[150]["err"] == "failed 150"
     assert by_i[151]["usage"] == {"input_tokens": 151, "reasoning_tokens": 1}
     assert by_i[150]["usage"]["input_tokens"] == 150 and by_i[150]["usage"].get("reasoning_tokens") is None
+
+
+@step(inputs=["i"], outputs=["j"])
+def WithABar(inputs: StepInput):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(inputs), desc="child bar")  # what ModelStep does in its process
+    for row in inputs:
+        row["j"] = row["i"] + 1
+        bar.update(1)
+    bar.close()
+    yield inputs
+
+
+def _monitors():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "tqdm_monitor" and t.is_alive()]
+
+
+def test_no_tqdm_monitor_thread_is_alive_when_distilabel_forks(tmp_path):
+    """A bar made in this process (as a step run in-process, or datasets, does) starts
+    tqdm's monitor thread; a fork while it holds tqdm's lock would hang the child's bar.
+    run_distiset stops it before forking and new bars do not restart it."""
+    from tqdm.auto import tqdm
+
+    from trace_inversion.distilabel_compat import stop_tqdm_monitor
+
+    monitor_interval = tqdm.monitor_interval
+    try:
+        tqdm.monitor_interval = 10
+        bar = tqdm(total=2, desc="parent bar")
+        bar.update(1)
+        assert _monitors(), "tqdm should have started its monitor thread"
+        with Pipeline(name="bars", cache_dir=str(tmp_path / "cache")) as p:
+            LoadDataFromDicts(name="load", data=[{"i": i} for i in range(40)], batch_size=10) >> \
+                WithABar(name="bar", input_batch_size=10)
+        out = run_distiset(p)["default"]["train"].to_list()
+        assert sorted(r["j"] for r in out) == list(range(1, 41))
+        assert not _monitors()
+        tqdm(total=1, desc="after").close()
+        assert not _monitors()
+        bar.close()
+    finally:
+        stop_tqdm_monitor()
+        tqdm.monitor_interval = monitor_interval

@@ -29,3 +29,15 @@ def test_rewrite_replaces_the_shard(tmp_path):
     assert first != second and not first.exists()
     assert split_path(tmp_path, "cfg") == second and read_split(tmp_path, "cfg") == [{"x": 2}, {"x": 3}]
     assert write_split(tmp_path, "cfg", [{"x": 2}, {"x": 3}]) == second  # same content, same name
+
+
+def test_an_empty_split_keeps_the_columns_of_its_sibling(tmp_path):
+    import polars as pl
+
+    kept = [{"id": "a", "score": 0.5, "reason": None}]
+    write_split(tmp_path, "rejected", [], like=kept)
+    df = pl.read_parquet(split_path(tmp_path, "rejected"))
+    assert df.height == 0 and df.columns == ["id", "score", "reason"]
+    assert df.schema["score"] == pl.Float64
+    write_split(tmp_path, "empty", [])
+    assert pl.read_parquet(split_path(tmp_path, "empty")).columns == ["id"]
