@@ -50,6 +50,16 @@ def request_key(backend: str, model: str, payload: dict) -> str:
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
+def model_signature(model: str) -> Optional[list]:
+    """For a local model folder, its files' names, sizes and mtimes (retraining into the
+    same folder changes them); None for a model id. Part of request keys and stage
+    fingerprints, so a retrained model never replays the old model's outputs."""
+    d = Path(model)
+    if not d.is_dir():
+        return None
+    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in d.iterdir() if f.is_file())
+
+
 def _enable_wal(conn: sqlite3.Connection, seconds: float = 60.0) -> None:
     """Switch to WAL (persistent: a no-op once any connection has done it). Changing the
     journal mode can fail at once with "database is locked" when several processes open

@@ -17,7 +17,7 @@ import os
 import time
 from typing import Any, Optional
 
-from .cache import RequestCache, request_key
+from .cache import RequestCache, model_signature, request_key
 from .clients import CallResult, Usage, chat_payload
 from .config import ModelConfig
 
@@ -33,6 +33,8 @@ class LocalEngine:
         self.chunk_size = chunk_size
         self.usage = Usage()
         self.load_seconds = 0.0
+        sig = model_signature(cfg.model)  # a retrained local model is a new model
+        self.model_key = cfg.model if sig is None else f"{cfg.model}@{request_key('files', cfg.model, {'f': sig})[:16]}"
 
     def payload(self, messages: Messages, sample_seed: Optional[int] = None) -> dict:
         return chat_payload(self.cfg, messages, sample_seed)
@@ -45,7 +47,7 @@ class LocalEngine:
         cache key, so resampling with a new seed is a new request."""
         seeds = seeds or [self.cfg.sampling.seed] * len(batch)
         payloads = [self.payload(m, sd) for m, sd in zip(batch, seeds)]
-        keys = [request_key(self.backend, self.cfg.model, p) for p in payloads]
+        keys = [request_key(self.backend, self.model_key, p) for p in payloads]
         results: list[Optional[CallResult]] = [None] * len(batch)
         misses = []
         for i, k in enumerate(keys):

@@ -9,10 +9,12 @@ Roles, all deterministic in the world seed:
 
 - the **target** solves every problem correctly but *hides* its trace; it exposes the
   final answer and a lossy summary (every k-th running value);
-- the **surrogate** shows its trace, in a different notation (``6+5 -> 1`` where the
-  target writes ``6+5=1``; both keep each step on one line with the operator next to its
-  operand, which a 512-token BPE merges, so a 2-layer model can learn the arithmetic;
-  a spelled-out ``6 add 5 -> 1`` it could not learn in the demo's budget), and is systematically
+- the **surrogate** shows its trace, in a different notation (``6+5->1`` where the
+  target writes ``6+5=1``; both keep each step on one line with no spaces, so every
+  digit is one token and a step's result is the same token as the next step's first
+  operand: ``6+5 -> 1`` (result `` 1``, next operand ``1``) made students copy across
+  tokens and learn slower, and a spelled-out ``6 add 5 -> 1`` a tiny model could
+  not learn in the demo's budget at all), and is systematically
   weaker: right on its first ``surrogate_reliable_steps`` steps, then wrong with
   probability ``surrogate_error_rate`` per step (errors propagate), like a small model
   that fails on longer chains;
@@ -180,7 +182,7 @@ class ToyWorld:
                     nv = self._misconception(v, op, b, nv, p.modulus)
                 elif rng.random() < self.surrogate_error_rate:
                     nv = (nv + rng.randrange(1, p.modulus)) % p.modulus
-            lines.append(f"{v}{op}{b} -> {nv}")
+            lines.append(f"{v}{op}{b}->{nv}")
             v = nv
         return "\n".join(lines), v
 
@@ -217,11 +219,11 @@ class ToyWorld:
                 nv = shown[i]
             elif rng.random() < self.inverter_error_rate:
                 nv = (nv + rng.randrange(1, p.modulus)) % p.modulus
-            lines.append(f"{v}{op}{b} -> {nv}")
+            lines.append(f"{v}{op}{b}->{nv}")
             v = nv
         given = boxed_value(answer or "") or (answer or "").strip()
         if given.isdigit() and int(given) != v and rng.random() < self.inverter_forces_answer:
-            lines[-1] = lines[-1].rsplit("->", 1)[0] + f"-> {given}"
+            lines[-1] = lines[-1].rsplit("->", 1)[0] + f"->{given}"
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ compressor

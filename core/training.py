@@ -77,9 +77,52 @@ def trl_command() -> list[str]:
     return [str(exe)] if exe.exists() else [shutil.which("trl") or "trl"]
 
 
-def run_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Optional[dict] = None,
-            timeout: Optional[float] = None) -> dict:
-    """Train with ``trl sft --config``; returns output_dir, losses, seconds, log path.
+class BackgroundRun:
+    """A command run in the background, its output in a log file; ``result()`` waits for
+    it and returns ``finish(log)`` plus ``seconds`` (raising if it failed). Built with
+    ``finished=`` it is a run that was already done (reused from disk)."""
+
+    def __init__(self, cmd: Optional[list[str]] = None, log_path: Optional[Path] = None, env: Optional[dict] = None,
+                 finish=None, finished: Optional[dict] = None, name: str = "command"):
+        self.log_path, self.name, self._finish, self._result = log_path, name, finish, finished
+        self.proc, self._log_file = None, None
+        self._t0 = time.time()
+        if finished is None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(log_path, "w")
+            self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env)
+
+    def done(self) -> bool:
+        return self._result is not None or self.proc.poll() is not None
+
+    def result(self, timeout: Optional[float] = None) -> dict:
+        if self._result is not None:
+            return self._result
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        self._log_file.close()
+        log = self.log_path.read_text()
+        if rc != 0:
+            raise RuntimeError(f"{self.name} failed ({rc}); last lines of {self.log_path}:\n{log[-3000:]}")
+        # the log's last write is when the run ended (result() may be called later)
+        seconds = round(max(0.0, self.log_path.stat().st_mtime - self._t0), 1)
+        self._result = dict(self._finish(log) if self._finish else {}, seconds=seconds)
+        return self._result
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+
+
+def start_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Optional[dict] = None) -> BackgroundRun:
+    """Start ``trl sft --config`` in the background (its output goes to ``train.log``).
 
     A finished run (its output folder holds ``config.json`` and the resolved recipe is
     unchanged) is not trained again, so a rerun of a pipeline resumes after it.
@@ -90,16 +133,14 @@ def run_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Optio
     data = resolve_recipe(recipe, overrides, resolved)
     out_dir = Path(data["output_dir"])
     log_path = run_dir / "train.log"
-    done = out_dir / "config.json"
-    if done.exists() and previous == resolved.read_text() and log_path.exists():
-        log = log_path.read_text()
-        return {"output_dir": str(out_dir), "losses": parse_losses(log), "seconds": 0.0, "log": str(log_path),
-                "reused": True}
+    if (out_dir / "config.json").exists() and previous == resolved.read_text() and log_path.exists():
+        return BackgroundRun(finished={
+            "output_dir": str(out_dir), "losses": parse_losses(log_path.read_text()), "seconds": 0.0,
+            "log": str(log_path), "reused": True})
     full_env = dict(os.environ, **(env or {}))
     full_env.setdefault("HF_HUB_OFFLINE", "1")
     full_env.setdefault("TOKENIZERS_PARALLELISM", "false")
     full_env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    t0 = time.time()
     launch: list[str] = []
     if data.get("use_cpu"):
         # `trl sft` runs through `accelerate launch`, which on CPU would otherwise pick
@@ -107,11 +148,14 @@ def run_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Optio
         threads = int(full_env.get("TRACE_INVERSION_TRAIN_THREADS") or os.cpu_count() or 1)
         launch = ["--num_processes", "1", "--num_cpu_threads_per_process", str(threads),
                   "--mixed_precision", "no"]
-    proc = subprocess.run(trl_command() + ["sft", "--config", str(resolved)] + launch, capture_output=True, text=True,
-                          env=full_env, timeout=timeout)
-    log = proc.stdout + proc.stderr
-    log_path.write_text(log)
-    if proc.returncode != 0:
-        raise RuntimeError(f"trl sft failed ({proc.returncode}); last lines of {log_path}:\n{log[-3000:]}")
-    return {"output_dir": str(out_dir), "losses": parse_losses(log), "seconds": round(time.time() - t0, 1),
-            "log": str(log_path), "reused": False}
+    (out_dir / "config.json").unlink(missing_ok=True)  # a half-written model never looks finished
+    return BackgroundRun(trl_command() + ["sft", "--config", str(resolved)] + launch, log_path, full_env,
+                         finish=lambda log: {"output_dir": str(out_dir), "losses": parse_losses(log),
+                                             "log": str(log_path), "reused": False}, name="trl sft")
+
+
+def run_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Optional[dict] = None,
+            timeout: Optional[float] = None) -> dict:
+    """Train with ``trl sft --config`` and wait; returns output_dir, losses, seconds, log
+    path (see ``start_sft``, which also reuses a finished run)."""
+    return start_sft(recipe, overrides, run_dir, env).result(timeout)

@@ -107,11 +107,13 @@ def stage_fingerprint(cfg: RunConfig, stage: str, rows: list[dict], **extra) -> 
 
     from trace_inversion import __version__
 
+    from trace_inversion.cache import model_signature
+
     models = {}
     for role, m in cfg.models.__dict__.items():
-        d = Path(m.model) if m is not None else None
-        if d is not None and d.is_dir():  # a local model folder: retrained weights change the output
-            models[role] = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in d.iterdir() if f.is_file())
+        sig = model_signature(m.model) if m is not None else None
+        if sig is not None:  # a local model folder: retrained weights change the output
+            models[role] = sig
     h = hashlib.sha256()
     settings = {k: v for k, v in cfg.scrubbed_dict().items() if k != "runtime"}  # where it ran changes nothing
     h.update(json.dumps([stage, __version__, settings, models, extra], sort_keys=True,

@@ -16,7 +16,10 @@ stage files are written atomically; run the same command again after Ctrl-C.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -46,16 +49,13 @@ def tiny_base_model(root: Path, seed: int, layers: int) -> Path:
 
 def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict, size: dict,
              inverter_backend: str) -> dict:
-    from trace_inversion.cache import RequestCache
-    from trace_inversion.config import ModelConfig
     from trace_inversion.data import load_rows
-    from trace_inversion.evaluation import evaluate_model
     from trace_inversion.hub_cards.publish import publish_local
     from trace_inversion.pipelines.build_inverter_data import run_build_inverter_data
     from trace_inversion.pipelines.invert import run_invert
     from trace_inversion.pipelines.query_target import run_query_target
     from trace_inversion.pipelines.students import run_student_data
-    from trace_inversion.training import run_sft
+    from trace_inversion.training import BackgroundRun, start_sft
 
     t_seed = time.time()
     out = base / f"seed{seed}"
@@ -88,51 +88,165 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
     _log(f"seed {seed}: surrogate traces + simulated summaries -> inverter data ({len(attacker)} attacker problems)")
     timed("inverter_data", run_build_inverter_data, cfg, attacker, "inverter_data")
     timed("surrogate_on_targets", run_build_inverter_data, cfg, train, "surrogate_on_targets")
-    _log(f"seed {seed}: train the tiny inverter ({size['inverter_steps']} steps, trl sft)")
+    # Conditions that need no inversion are built now and train while the inverter does.
+    base_conds = [c for c in CONDITIONS if not c.startswith("inverted")]
+    inv_conds = [c for c in CONDITIONS if c.startswith("inverted")]
+    sd = timed("student_data", run_student_data, cfg, out / "target_query", out / "surrogate_on_targets", None,
+               base_conds, "student_data")
     models_root = base / ".models"
-    r = timed("train_inverter", run_sft, "tiny/inverter.yaml", {
-        "model_name_or_path": str(tiny_base_model(models_root, seed, size["layers"])),
-        "dataset_name": str(out / "inverter_data"), "dataset_config": "with_summary",
-        "output_dir": str(inv_model), "max_steps": size["inverter_steps"], "seed": seed}, out / "models" / "inverter.run")
-    cfg = load_config(config_path, over)
-    _log(f"seed {seed}: invert with verified synthesis ({inverter_backend})")
-    inv = timed("invert", run_invert, cfg)
-    releases = {}
-    for stage in ("target_query", "inversion"):
-        repo = base / "releases" / f"{stage}-seed{seed}"
-        # identical content (a resumed run) returns the existing release instead of a new tag
-        releases[stage] = publish_local(out / stage, repo, message=f"demo seed {seed}: {stage}")
-    _log(f"seed {seed}: student conditions")
-    sd = timed("student_data", run_student_data, cfg, out / "target_query", out / "surrogate_on_targets",
-               out / "inversion", CONDITIONS)
-    results = {}
-    test_rows = [{"id": r["id"], "problem": r["problem"], "reference_answer": r["reference_answer"]} for r in test]
-    todo = [c for c in CONDITIONS if sd["conditions"].get(c)]
     base_model = str(tiny_base_model(models_root, seed, size["layers"]))
     # Two trainings at once with one thread each beat one with two threads (~1.3x on 2 cores).
     env = {"TRACE_INVERSION_TRAIN_THREADS": "1"} if size["parallel"] > 1 else None
+    trained: dict[str, str] = {}  # condition -> the condition whose student it uses (identical data)
+    counts = dict(sd["conditions"])
 
-    def train_student(c: str):
-        _log(f"seed {seed}: train student '{LABELS[c]}' ({sd['conditions'][c]} rows, {size['student_steps']} steps)")
-        t = time.time()
-        run_sft("tiny/student.yaml", {
-            "model_name_or_path": base_model, "dataset_name": str(out / "student_data"), "dataset_config": c,
-            "output_dir": str(out / "models" / f"student-{c}"), "max_steps": size["student_steps"], "seed": seed},
-            out / "models" / f"student-{c}.run", env=env)
-        timings[f"train_{c}"] = round(time.time() - t, 1)
+    def inverter_job():
+        _log(f"seed {seed}: train the tiny inverter ({size['inverter_steps']} steps, trl sft)")
+        return start_sft("tiny/inverter.yaml", {
+            "model_name_or_path": base_model, "dataset_name": str(out / "inverter_data"),
+            "dataset_config": "with_summary", "output_dir": str(inv_model), "max_steps": size["inverter_steps"],
+            "seed": seed}, out / "models" / "inverter.run", env=env)
 
-    from concurrent.futures import ThreadPoolExecutor
+    def student_job(c: str, folder: str):
+        def start():
+            _log(f"seed {seed}: train student '{LABELS[c]}' ({counts[c]} rows, {size['student_steps']} steps)")
+            return start_sft("tiny/student.yaml", {
+                "model_name_or_path": base_model, "dataset_name": str(out / folder), "dataset_config": c,
+                "output_dir": str(out / "models" / f"student-{c}"), "max_steps": size["student_steps"],
+                "seed": seed}, out / "models" / f"student-{c}.run", env=env)
+        return start
 
-    with ThreadPoolExecutor(max_workers=max(1, size["parallel"])) as pool:
-        list(pool.map(train_student, todo))
-    for c in todo:
-        mcfg = ModelConfig(backend="transformers", model=str(out / "models" / f"student-{c}"),
-                           sampling=dict(EVAL_SAMPLING, max_new_tokens=size["max_new_tokens"]))
-        summ, _ = timed(f"eval_{c}", evaluate_model, mcfg, test_rows, RequestCache(cfg.resolved_cache_path))
-        results[c] = summ["accuracy_mean"]
-        _log(f"seed {seed}: {LABELS[c]}: {summ['accuracy_mean']:.1%}")
-    return {"seed": seed, "accuracy": results, "rows": sd["conditions"], "target": q, "inversion": inv,
+    # Students are evaluated in their own processes as soon as each is trained: this
+    # process stays torch-free (distilabel forks it for the next stages and seeds).
+    test_file = out / "eval" / "test.jsonl"
+    test_file.parent.mkdir(parents=True, exist_ok=True)
+    test_file.write_text("".join(json.dumps({"id": r["id"], "problem": r["problem"],
+                                             "reference_answer": r["reference_answer"]}) + "\n" for r in test))
+    results: dict[str, float] = {}
+    eval_env = dict(os.environ, OMP_NUM_THREADS="1") if size["parallel"] > 1 else None
+
+    def evaluate(c: str):
+        d = out / "eval" / c
+        cmd = [sys.executable, "-m", "trace_inversion.cli", "evaluate", "--model", str(out / "models" / f"student-{c}"),
+               "--benchmark", str(test_file), "--split", "test", "--id-column", "id",
+               "--answer-column", "reference_answer", "--backend", "transformers", "--temperature", "0",
+               "--max-new-tokens", str(size["max_new_tokens"]), "--output", str(d)]
+
+        def start():
+            return BackgroundRun(cmd, d / "eval.log", eval_env, name=f"evaluate {c}",
+                                 finish=lambda log: json.loads((d / "accuracy.json").read_text()))
+
+        def record(res: dict):
+            results[c] = res["accuracy_mean"]
+            _log(f"seed {seed}: {LABELS[c]}: {res['accuracy_mean']:.1%}")
+
+        queue.add(f"eval_{c}", start, then=record, first=True)
+
+    queue = TrainQueue(max(1, size["parallel"]))
+    try:
+        queue.add("train_inverter", inverter_job)
+        for c in base_conds:
+            if counts.get(c):
+                trained[c] = c
+                queue.add(f"train_{c}", student_job(c, "student_data"), then=lambda _, c=c: evaluate(c))
+        queue.wait("train_inverter")
+        cfg = load_config(config_path, over)
+        _log(f"seed {seed}: invert with verified synthesis ({inverter_backend})")
+        inv = timed("invert", run_invert, cfg)
+        queue.pump()
+        releases = {}
+        for stage in ("target_query", "inversion"):
+            repo = base / "releases" / f"{stage}-seed{seed}"
+            # identical content (a resumed run) returns the existing release instead of a new tag
+            releases[stage] = publish_local(out / stage, repo, message=f"demo seed {seed}: {stage}")
+        sdi = timed("student_data_inverted", run_student_data, cfg, out / "target_query",
+                    out / "surrogate_on_targets", out / "inversion", inv_conds, "student_data_inverted")
+        counts.update(sdi["conditions"])
+        for c, same in same_data(out / "student_data_inverted", [c for c in inv_conds if counts.get(c)]).items():
+            trained[c] = same
+            if same == c:
+                queue.add(f"train_{c}", student_job(c, "student_data_inverted"), then=lambda _, c=c: evaluate(c))
+            else:
+                _log(f"seed {seed}: '{LABELS[c]}' has the same rows as '{LABELS[same]}': one student serves both")
+        queue.wait()
+    finally:
+        queue.close()
+    timings.update(queue.seconds)
+    for c, same in trained.items():
+        if same != c:  # the same data, so the same student: a copy keeps every condition's folder
+            shutil.copytree(out / "models" / f"student-{same}", out / "models" / f"student-{c}", dirs_exist_ok=True)
+            results[c] = results[same]
+    return {"seed": seed, "accuracy": {c: results[c] for c in CONDITIONS if c in results}, "rows": counts,
+            "same_data": {c: s for c, s in trained.items() if s != c}, "target": q, "inversion": inv,
             "releases": releases, "timings": timings, "seconds": round(time.time() - t_seed, 1)}
+
+
+class TrainQueue:
+    """Trainings run as background processes, at most ``slots`` at once, started in
+    order. No threads: distilabel forks this process while trainings run, and a fork
+    copies other threads' locks as held."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self.pending: list[tuple] = []
+        self.running: dict = {}
+        self.results: dict[str, dict] = {}
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return {n: r["seconds"] for n, r in self.results.items()}
+
+    def add(self, name: str, start, then=None, first: bool = False) -> None:
+        """Queue ``start()`` (returns a ``BackgroundRun``); ``then(result)`` runs when it
+        has finished (it may queue more). ``first`` puts it ahead of queued jobs."""
+        self.pending.insert(0 if first else len(self.pending), (name, start, then))
+        self.pump()
+
+    def pump(self) -> None:
+        """Collect finished runs (raising if one failed), then start queued ones."""
+        finished = [(name, run, then) for name, (run, then) in self.running.items() if run.done()]
+        for name, run, then in finished:
+            del self.running[name]
+            self.results[name] = run.result()
+        for name, run, then in finished:
+            if then is not None:  # may queue more and pump again
+                then(self.results[name])
+        while self.pending and len(self.running) < self.slots:
+            name, start, then = self.pending.pop(0)
+            self.running[name] = (start(), then)
+
+    def wait(self, *names: str) -> None:
+        """Until ``names`` (default: everything queued) have finished."""
+        def busy():
+            if names:
+                return any(n not in self.results for n in names)
+            return bool(self.pending or self.running)
+
+        while busy():
+            self.pump()
+            if busy():
+                time.sleep(0.5)
+
+    def close(self) -> None:
+        for run, _ in self.running.values():
+            run.kill()
+        self.running.clear()
+        self.pending.clear()
+
+
+def same_data(folder: Path, conditions: list[str]) -> dict[str, str]:
+    """Each condition mapped to the first one with identical rows (itself if none):
+    e.g. verified synthesis that rejected nothing leaves verified == unfiltered."""
+    import hashlib
+
+    from trace_inversion.io import read_split
+
+    seen: dict[str, str] = {}
+    out = {}
+    for c in conditions:
+        digest = hashlib.sha256(json.dumps(read_split(folder, c), sort_keys=True).encode()).hexdigest()
+        out[c] = seen.setdefault(digest, c)
+    return out
 
 
 def render_report(runs: list[dict], size: dict, seconds: float) -> str:
@@ -151,6 +265,10 @@ def render_report(runs: list[dict], size: dict, seconds: float) -> str:
         nums = [v for v in vals if v is not None]
         lines.append(f"| {LABELS[c]} | " + " | ".join("—" if v is None else f"{v:.1%}" for v in vals)
                      + f" | {statistics.fmean(nums):.1%} |")
+    for r in runs:
+        for c, same in r.get("same_data", {}).items():
+            lines.append(f"\nSeed {r['seed']}: {LABELS[c]} has exactly the rows of {LABELS[same]} (verified "
+                         "synthesis rejected nothing and resampled nothing), so one student serves both.")
     lines += ["", "## Inversion: filter rates and trace quality", "",
               "| seed | first sample consistent | kept after verified synthesis | rejected | every step right (kept) "
               "| every step right (unfiltered) | ROUGE-L vs target traces | BLEU |", "|---|---|---|---|---|---|---|---|"]

@@ -40,7 +40,9 @@ def join_sources(target_dir: Path, surrogate_dir: Optional[Path], inversion_dir:
 
 
 def run_student_data(cfg: RunConfig, target_dir: Path, surrogate_dir: Optional[Path] = None,
-                     inversion_dir: Optional[Path] = None, conditions: Optional[list[str]] = None) -> dict:
+                     inversion_dir: Optional[Path] = None, conditions: Optional[list[str]] = None,
+                     stage: str = "student_data") -> dict:
+    """Write ``<output.dir>/<stage>`` with one config per condition (see the module doc)."""
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
@@ -48,7 +50,7 @@ def run_student_data(cfg: RunConfig, target_dir: Path, surrogate_dir: Optional[P
 
     conditions = conditions or DEFAULT_CONDITIONS
     rows = join_sources(Path(target_dir), surrogate_dir and Path(surrogate_dir), inversion_dir and Path(inversion_dir))
-    out_dir = Path(cfg.output.dir) / "student_data"
+    out_dir = Path(cfg.output.dir) / stage
     fp = stage_fingerprint(cfg, "student-data", rows, conditions=conditions)
     done = reuse_finished(out_dir, fp)
     if done is not None:

@@ -79,3 +79,25 @@ def test_secrets_scrubbed_on_write(tmp_path, monkeypatch):
     c.close()
     raw = (tmp_path / "c.sqlite").read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("c.sqlite-*"))
     assert secret.encode() not in raw
+
+
+def test_a_retrained_local_model_never_replays_the_old_models_outputs(tmp_path):
+    """Request keys of local engines carry the model folder's file signature."""
+    import os
+
+    from trace_inversion.cache import model_signature
+    from trace_inversion.config import ModelConfig
+    from trace_inversion.engines import LocalEngine
+
+    model = tmp_path / "student"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights v1")
+    assert model_signature("org/some-model-id") is None
+    cache = RequestCache(tmp_path / "c.sqlite")
+    cfg = ModelConfig(backend="transformers", model=str(model))
+    key1 = LocalEngine(cfg, cache).model_key
+    assert key1 == LocalEngine(cfg, cache).model_key  # same weights: cache hits on a rerun
+    (model / "model.safetensors").write_bytes(b"weights v2")  # retrained into the same folder
+    st = os.stat(model / "model.safetensors")
+    os.utime(model / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert LocalEngine(cfg, cache).model_key != key1

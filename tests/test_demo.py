@@ -68,3 +68,40 @@ def test_demo_small_end_to_end_and_resume(tmp_path):
     stats2 = json.loads((out / "stats.json").read_text())
     assert stats2["runs"][0]["accuracy"] == run["accuracy"]
     assert list_tags(out / "releases" / "inversion-seed0") == ["v1"]  # an unchanged release is not re-tagged
+
+
+def test_train_queue_runs_background_jobs_in_order_within_its_slots(tmp_path):
+    """The demo's scheduler: at most `slots` processes at once, `then` chains a job,
+    `first` jumps the queue, a failure raises with its log, close() kills what runs."""
+    import time
+
+    from trace_inversion.pipelines.demo import TrainQueue
+    from trace_inversion.training import BackgroundRun
+
+    order = []
+
+    def job(name, seconds=0.3, rc=0):
+        def start():
+            order.append(name)
+            return BackgroundRun(["sh", "-c", f"sleep {seconds}; echo {name}; exit {rc}"], tmp_path / f"{name}.log",
+                                 name=name, finish=lambda log: {"said": log.strip()})
+        return start
+
+    q = TrainQueue(2)
+    q.add("a", job("a"), then=lambda res: q.add("a2", job("a2"), first=True))
+    q.add("b", job("b"))
+    q.add("c", job("c"))
+    assert len(q.running) == 2 and order == ["a", "b"]
+    q.wait("a")
+    assert q.results["a"]["said"] == "a" and q.results["a"]["seconds"] >= 0.2
+    q.wait()
+    assert order.index("a2") < order.index("c") and set(q.results) == {"a", "a2", "b", "c"}
+
+    q.add("bad", job("bad", 0.1, rc=3))
+    with pytest.raises(RuntimeError, match="bad failed"):
+        q.wait()
+    q.add("slow", job("slow", 30))
+    run = q.running["slow"][0]
+    t = time.time()
+    q.close()
+    assert run.proc.poll() is not None and time.time() - t < 5

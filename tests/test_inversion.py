@@ -152,7 +152,7 @@ def test_invert_with_trained_tiny_inverter_transformers(trained_inverter, tmp_pa
                                        "sampling": {"max_new_tokens": 48, "temperature": 0.7, "top_k": 50}})
     first = stats["first_sample"]
     assert first["consistent"] + first["inconsistent"] > 0  # it learned the trace format: verdicts are computable
-    assert kept.height > 0 and all(re.match(r"\d+[+*-]\d+ -> \d+", t) for t in kept["inverted_trace"])
+    assert kept.height > 0 and all(re.match(r"\d+[+*-]\d+->\d+", t) for t in kept["inverted_trace"])
 
 
 @pytest.mark.slow
@@ -161,4 +161,4 @@ def test_invert_with_trained_tiny_inverter_vllm(trained_inverter, tmp_path):
                                        "sampling": {"max_new_tokens": 48, "temperature": 0.7, "top_k": 50}})
     first = stats["first_sample"]
     assert first["consistent"] + first["inconsistent"] > 0
-    assert kept.height > 0 and all(re.match(r"\d+[+*-]\d+ -> \d+", t) for t in kept["inverted_trace"])
+    assert kept.height > 0 and all(re.match(r"\d+[+*-]\d+->\d+", t) for t in kept["inverted_trace"])

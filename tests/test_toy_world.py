@@ -45,7 +45,7 @@ def test_surrogate_is_systematically_weaker():
     checks = []
     for p in probs:
         trace, ans = w.surrogate_trace(p)
-        assert trace.startswith(f"{p.start}{p.steps[0][0]}{p.steps[0][1]} -> ")  # not the target's "a+b=c"
+        assert trace.startswith(f"{p.start}{p.steps[0][0]}{p.steps[0][1]}->")  # not the target's "a+b=c"
         c = check_steps(p, trace)
         checks.append(c)
         assert c["first_error"] is None or c["first_error"] >= 3  # never wrong on the reliable prefix
@@ -82,7 +82,7 @@ def test_systematic_surrogate_errors_are_fixed_per_fact():
         assert c["first_error"] is None or c["first_error"] >= 3  # the reliable prefix stays right
         assert trace_final_value(trace) == ans
         for line in trace.splitlines()[3:]:
-            fact, value = line.split(" -> ")
+            fact, value = line.split("->")
             assert seen.setdefault(fact, value) == value  # the same fact, the same answer, every time
     wrong = sum(1 for f, v in seen.items() if int(v) != apply(int(f[0]), f[1], int(f[2:]), 10)) / len(seen)
     assert 0.2 < wrong < 0.4 and len(seen) == 300  # 30% of the 300 facts, all facts seen
