@@ -47,7 +47,8 @@ def main() -> None:
            "per_seed": checks, "all_targets_met": all(all(v for k, v in c.items() if isinstance(v, bool)) for c in checks)}
     print(json.dumps(out, indent=2))
     Path(__file__).with_name("demo_results.md").write_text(
-        report.split("\nWrote ")[0] + "\n\n## Targets per seed\n\n```json\n" + json.dumps(out, indent=2) + "\n```\n")
+        report.split("\nWrote ")[0] + "\n\n## Targets per seed\n\n```json\n" + json.dumps(out, indent=2) + "\n```\n"
+        "\nHow the sizes were chosen: `benchmarks/demo_calibration.md`.\n")
 
 
 if __name__ == "__main__":

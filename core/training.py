@@ -90,8 +90,9 @@ class BackgroundRun:
         if finished is None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(log_path, "w")
+            # its own process group: kill() reaches what it starts (accelerate launches trl)
             self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env)
+                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
 
     def done(self) -> bool:
         return self._result is not None or self.proc.poll() is not None
@@ -114,8 +115,11 @@ class BackgroundRun:
         return self._result
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, 9)  # the group outlives a launcher that has exited
+            except ProcessLookupError:
+                pass
             self.proc.wait()
         if self._log_file is not None:
             self._log_file.close()

@@ -32,7 +32,7 @@ LABELS = {"answer_only": "answer only", "summary_answer": "summary + answer", "s
           "inverted_unfiltered": "inverted (unfiltered)", "inverted_verified": "inverted (verified)",
           "target_traces": "target traces (oracle)"}
 # Tiny-world training sizes, calibrated on 2 cores (see benchmarks/demo_results.md).
-DEMO = {"n_train": 3000, "n_test": 300, "n_ops": 5, "inverter_steps": 1400, "student_steps": 600,
+DEMO = {"n_train": 3000, "n_test": 300, "n_ops": 5, "inverter_steps": 800, "student_steps": 600,
         "layers": 3, "max_new_tokens": 64, "parallel": 2}
 EVAL_SAMPLING = {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0}
 
@@ -314,6 +314,10 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def run_demo(output: Optional[str] = None, seeds: int = 1, config_path: Optional[str] = None,
              overrides: Optional[dict] = None, size: Optional[dict] = None, inverter_backend: str = "vllm") -> str:
     from trace_inversion.io import write_json
@@ -322,7 +326,17 @@ def run_demo(output: Optional[str] = None, seeds: int = 1, config_path: Optional
     base = Path(output or "runs/demo")
     base.mkdir(parents=True, exist_ok=True)
     size = dict(DEMO, **(size or {}))
-    runs = [run_seed(s, base, config_path, overrides or {}, size, inverter_backend) for s in range(seeds)]
+    import signal
+    import threading
+
+    on_main = threading.current_thread() is threading.main_thread()
+    if on_main:  # `kill` as well as Ctrl-C stops the background trainings (see TrainQueue.close)
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        runs = [run_seed(s, base, config_path, overrides or {}, size, inverter_backend) for s in range(seeds)]
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
     seconds = time.time() - t0
     report = render_report(runs, size, seconds)
     (base / "report.md").write_text(report)

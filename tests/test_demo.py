@@ -6,6 +6,7 @@ the artefacts and the resumability are asserted.
 """
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -101,7 +102,19 @@ def test_train_queue_runs_background_jobs_in_order_within_its_slots(tmp_path):
     with pytest.raises(RuntimeError, match="bad failed"):
         q.wait()
     q.add("slow", job("slow", 30))
+    # a launcher whose child does the work (as `accelerate launch` runs trl): close() kills both
+    pidfile = tmp_path / "child.pid"
+    q.add("launcher", lambda: BackgroundRun(["sh", "-c", f"sleep 31 & echo $! > {pidfile}; wait"],
+                                             tmp_path / "launcher.log", name="launcher"))
     run = q.running["slow"][0]
+    for _ in range(50):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.1)
+    child = int(pidfile.read_text())
     t = time.time()
     q.close()
     assert run.proc.poll() is not None and time.time() - t < 5
+    time.sleep(0.2)
+    stat = Path(f"/proc/{child}/stat")
+    assert not stat.exists() or stat.read_text().split()[2] == "Z"  # gone (or a zombie awaiting its reaper)
