@@ -114,6 +114,14 @@ class BackgroundRun:
         self._result = dict(self._finish(log) if self._finish else {}, seconds=seconds)
         return self._result
 
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the run's process group (SIGSTOP / SIGCONT pause and resume it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
     def kill(self) -> None:
         if self.proc is not None:
             try:

@@ -21,6 +21,7 @@ import shutil
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -32,7 +33,7 @@ LABELS = {"answer_only": "answer only", "summary_answer": "summary + answer", "s
           "inverted_unfiltered": "inverted (unfiltered)", "inverted_verified": "inverted (verified)",
           "target_traces": "target traces (oracle)"}
 # Tiny-world training sizes, calibrated on 2 cores (see benchmarks/demo_results.md).
-DEMO = {"n_train": 3000, "n_test": 300, "n_ops": 5, "inverter_steps": 800, "student_steps": 600,
+DEMO = {"n_train": 3000, "n_test": 300, "n_ops": 5, "inverter_steps": 1000, "student_steps": 600,
         "layers": 3, "max_new_tokens": 64, "parallel": 2}
 EVAL_SAMPLING = {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0}
 
@@ -83,22 +84,14 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
 
     train, test = load_rows(cfg.data, "train"), load_rows(cfg.data, "test")
     attacker = load_rows(cfg.data, "attacker")
-    _log(f"seed {seed}: query the target ({len(train)} problems)")
-    q = timed("query_target", run_query_target, cfg, train)
-    _log(f"seed {seed}: surrogate traces + simulated summaries -> inverter data ({len(attacker)} attacker problems)")
-    timed("inverter_data", run_build_inverter_data, cfg, attacker, "inverter_data")
-    timed("surrogate_on_targets", run_build_inverter_data, cfg, train, "surrogate_on_targets")
-    # Conditions that need no inversion are built now and train while the inverter does.
-    base_conds = [c for c in CONDITIONS if not c.startswith("inverted")]
-    inv_conds = [c for c in CONDITIONS if c.startswith("inverted")]
-    sd = timed("student_data", run_student_data, cfg, out / "target_query", out / "surrogate_on_targets", None,
-               base_conds, "student_data")
     models_root = base / ".models"
     base_model = str(tiny_base_model(models_root, seed, size["layers"]))
     # Two trainings at once with one thread each beat one with two threads (~1.3x on 2 cores).
     env = {"TRACE_INVERSION_TRAIN_THREADS": "1"} if size["parallel"] > 1 else None
     trained: dict[str, str] = {}  # condition -> the condition whose student it uses (identical data)
-    counts = dict(sd["conditions"])
+    counts: dict[str, int] = {}
+    base_conds = [c for c in CONDITIONS if not c.startswith("inverted")]
+    inv_conds = [c for c in CONDITIONS if c.startswith("inverted")]
 
     def inverter_job():
         _log(f"seed {seed}: train the tiny inverter ({size['inverter_steps']} steps, trl sft)")
@@ -107,13 +100,14 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
             "dataset_config": "with_summary", "output_dir": str(inv_model), "max_steps": size["inverter_steps"],
             "seed": seed}, out / "models" / "inverter.run", env=env)
 
-    def student_job(c: str, folder: str):
+    def student_job(c: str, folder: str, threads: Optional[int] = None):
         def start():
             _log(f"seed {seed}: train student '{LABELS[c]}' ({counts[c]} rows, {size['student_steps']} steps)")
             return start_sft("tiny/student.yaml", {
                 "model_name_or_path": base_model, "dataset_name": str(out / folder), "dataset_config": c,
                 "output_dir": str(out / "models" / f"student-{c}"), "max_steps": size["student_steps"],
-                "seed": seed}, out / "models" / f"student-{c}.run", env=env)
+                "seed": seed}, out / "models" / f"student-{c}.run",
+                env={"TRACE_INVERSION_TRAIN_THREADS": str(threads)} if threads else env)
         return start
 
     # Students are evaluated in their own processes as soon as each is trained: this
@@ -144,7 +138,17 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
 
     queue = TrainQueue(max(1, size["parallel"]))
     try:
+        # The inverter (the longest job) starts as soon as its data exists; the target
+        # query and the students that need no inversion run beside it.
+        _log(f"seed {seed}: surrogate traces + simulated summaries -> inverter data ({len(attacker)} attacker problems)")
+        timed("inverter_data", run_build_inverter_data, cfg, attacker, "inverter_data")
         queue.add("train_inverter", inverter_job)
+        _log(f"seed {seed}: query the target ({len(train)} problems)")
+        q = timed("query_target", run_query_target, cfg, train)
+        timed("surrogate_on_targets", run_build_inverter_data, cfg, train, "surrogate_on_targets")
+        sd = timed("student_data", run_student_data, cfg, out / "target_query", out / "surrogate_on_targets", None,
+                   base_conds, "student_data")
+        counts.update(sd["conditions"])
         for c in base_conds:
             if counts.get(c):
                 trained[c] = c
@@ -152,7 +156,10 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
         queue.wait("train_inverter")
         cfg = load_config(config_path, over)
         _log(f"seed {seed}: invert with verified synthesis ({inverter_backend})")
-        inv = timed("invert", run_invert, cfg)
+        # vLLM's CPU engine binds an OpenMP thread to every core and spins at barriers: next
+        # to a training it ran ~4x slower (148 s instead of 34 s), so trainings pause meanwhile.
+        with queue.paused():
+            inv = timed("invert", run_invert, cfg)
         queue.pump()
         releases = {}
         for stage in ("target_query", "inversion"):
@@ -162,10 +169,14 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
         sdi = timed("student_data_inverted", run_student_data, cfg, out / "target_query",
                     out / "surrogate_on_targets", out / "inversion", inv_conds, "student_data_inverted")
         counts.update(sdi["conditions"])
-        for c, same in same_data(out / "student_data_inverted", [c for c in inv_conds if counts.get(c)]).items():
+        groups = same_data(out / "student_data_inverted", [c for c in inv_conds if counts.get(c)])
+        # A student that would train alone at the end gets both threads.
+        lone = size["parallel"] > 1 and not queue.pending and sum(c == g for c, g in groups.items()) == 1
+        for c, same in groups.items():
             trained[c] = same
             if same == c:
-                queue.add(f"train_{c}", student_job(c, "student_data_inverted"), then=lambda _, c=c: evaluate(c))
+                queue.add(f"train_{c}", student_job(c, "student_data_inverted", size["parallel"] if lone else None),
+                          then=lambda _, c=c: evaluate(c), first=True)
             else:
                 _log(f"seed {seed}: '{LABELS[c]}' has the same rows as '{LABELS[same]}': one student serves both")
         queue.wait()
@@ -226,6 +237,20 @@ class TrainQueue:
             self.pump()
             if busy():
                 time.sleep(0.5)
+
+    @contextmanager
+    def paused(self):
+        """Stop running jobs for the duration (SIGSTOP their process groups), then resume."""
+        import signal
+
+        runs = [run for run, _ in self.running.values()]
+        for run in runs:
+            run.signal_group(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for run in runs:
+                run.signal_group(signal.SIGCONT)
 
     def close(self) -> None:
         for run, _ in self.running.values():
@@ -314,10 +339,6 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _terminate(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def run_demo(output: Optional[str] = None, seeds: int = 1, config_path: Optional[str] = None,
              overrides: Optional[dict] = None, size: Optional[dict] = None, inverter_backend: str = "vllm") -> str:
     from trace_inversion.io import write_json
@@ -326,17 +347,10 @@ def run_demo(output: Optional[str] = None, seeds: int = 1, config_path: Optional
     base = Path(output or "runs/demo")
     base.mkdir(parents=True, exist_ok=True)
     size = dict(DEMO, **(size or {}))
-    import signal
-    import threading
-
-    on_main = threading.current_thread() is threading.main_thread()
-    if on_main:  # `kill` as well as Ctrl-C stops the background trainings (see TrainQueue.close)
-        previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        runs = [run_seed(s, base, config_path, overrides or {}, size, inverter_backend) for s in range(seeds)]
-    finally:
-        if on_main:
-            signal.signal(signal.SIGTERM, previous)
+    # No SIGTERM handler here: distilabel's pool workers inherit it, and Pool.terminate
+    # stops them with SIGTERM (a handler there hung a run). Ctrl-C stops the background
+    # trainings (TrainQueue.close in a finally); they run in their own process groups.
+    runs = [run_seed(s, base, config_path, overrides or {}, size, inverter_backend) for s in range(seeds)]
     seconds = time.time() - t0
     report = render_report(runs, size, seconds)
     (base / "report.md").write_text(report)

@@ -98,6 +98,19 @@ def test_train_queue_runs_background_jobs_in_order_within_its_slots(tmp_path):
     q.wait()
     assert order.index("a2") < order.index("c") and set(q.results) == {"a", "a2", "b", "c"}
 
+    # paused(): running jobs (their whole process group) stop, then continue
+    ticks = tmp_path / "ticks"
+    q.add("ticker", lambda: BackgroundRun(["sh", "-c", f"for i in $(seq 40); do echo $i >> {ticks}; sleep 0.05; done"],
+                                          tmp_path / "ticker.log", name="ticker"))
+    time.sleep(0.5)
+    with q.paused():
+        time.sleep(0.2)
+        n = len(ticks.read_text().split())
+        time.sleep(0.5)
+        assert len(ticks.read_text().split()) == n < 40
+    q.wait("ticker")
+    assert len(ticks.read_text().split()) == 40
+
     q.add("bad", job("bad", 0.1, rc=3))
     with pytest.raises(RuntimeError, match="bad failed"):
         q.wait()
