@@ -106,7 +106,6 @@ def stage_fingerprint(cfg: RunConfig, stage: str, rows: list[dict], **extra) -> 
     import json
 
     from trace_inversion import __version__
-
     from trace_inversion.cache import model_signature
 
     models = {}

@@ -32,10 +32,9 @@ CONDITIONS = ["answer_only", "summary_answer", "surrogate_traces", "inverted_unf
 LABELS = {"answer_only": "answer only", "summary_answer": "summary + answer", "surrogate_traces": "surrogate traces",
           "inverted_unfiltered": "inverted (unfiltered)", "inverted_verified": "inverted (verified)",
           "target_traces": "target traces (oracle)"}
-# Tiny-world training sizes, calibrated on 2 cores (see benchmarks/demo_results.md).
+# Tiny-world training sizes, calibrated on 2 cores (see benchmarks/demo_calibration.md).
 DEMO = {"n_train": 3000, "n_test": 300, "n_ops": 5, "inverter_steps": 1500, "student_steps": 600,
         "layers": 3, "max_new_tokens": 64, "parallel": 2}
-EVAL_SAMPLING = {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0}
 
 
 def _log(msg: str) -> None:
