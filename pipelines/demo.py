@@ -33,7 +33,7 @@ LABELS = {"answer_only": "answer only", "summary_answer": "summary + answer", "s
           "inverted_unfiltered": "inverted (unfiltered)", "inverted_verified": "inverted (verified)",
           "target_traces": "target traces (oracle)"}
 # Tiny-world training sizes, calibrated on 2 cores (see benchmarks/demo_calibration.md).
-DEMO = {"n_train": 3000, "n_test": 300, "n_ops": 5, "inverter_steps": 1500, "student_steps": 600,
+DEMO = {"n_train": 3000, "n_test": 300, "n_ops": 5, "inverter_steps": 1000, "student_steps": 500,
         "layers": 3, "max_new_tokens": 64, "parallel": 2}
 
 
@@ -278,7 +278,7 @@ def render_report(runs: list[dict], size: dict, seconds: float) -> str:
              f"Chained arithmetic mod 10 ({size['n_ops']} operations, left to right); {size['n_train']} target "
              f"problems, {size['n_test']} held-out test problems per seed; tiny Llama students "
              f"({size['layers']} layers, hidden 128) trained from scratch for {size['student_steps']} steps with "
-             "`trl sft`; greedy decoding.", "",
+             f"`trl sft`; tiny inverter {size['inverter_steps']} steps; greedy decoding.", "",
              "## Student accuracy on held-out problems", "",
              "| condition | " + " | ".join(f"seed {r['seed']}" for r in runs) + " | mean |",
              "|---|" + "---|" * (len(runs) + 1)]
