@@ -1,8 +1,13 @@
-"""The demo's whole pipeline at a small size: exact data flow through every stage.
+"""The demo's whole pipeline at a smaller size: exact data flow through every stage,
+resumability, and the ordering of conditions where its margin holds at this size.
 
-The full-size demo (calibrated so the claim's ordering is robust) is recorded in
-benchmarks/demo_results.md; at this size students barely train, so only the data flow,
-the artefacts and the resumability are asserted.
+The full-size demo (3 seeds, every target checked) is recorded in
+benchmarks/demo_results.md. CI runs seed 0 of a world of 3-operation chains (sizes in
+MID) where students train far enough in a few minutes for two orderings to show:
+traces beat the answer alone (oracle 57% vs answer only 21% when calibrated) and
+inverted traces beat the summary they were inverted from (36% vs 18%). Training is
+seeded and single-threaded per process, so the figures reproduce on a machine; the
+asserted margins are under half of those seen.
 """
 
 import json
@@ -13,11 +18,13 @@ import pytest
 
 from trace_inversion.io import read_split, split_path
 
-SMALL = {"n_train": 160, "n_test": 40, "n_ops": 4, "inverter_steps": 40, "student_steps": 40, "max_new_tokens": 40}
+MID = {"n_train": 1000, "n_test": 100, "n_ops": 3, "inverter_steps": 600, "student_steps": 400, "max_new_tokens": 40}
+ORACLE_OVER_ANSWER_ONLY = 0.15  # seen: 0.36
+INVERTED_OVER_SUMMARY = 0.08  # seen: 0.18
 
 
 @pytest.mark.slow
-def test_demo_small_end_to_end_and_resume(tmp_path):
+def test_demo_mid_size_ordering_data_flow_and_resume(tmp_path):
     from trace_inversion.hub_cards.publish import list_tags
     from trace_inversion.pipelines.demo import CONDITIONS
 
@@ -30,7 +37,7 @@ def test_demo_small_end_to_end_and_resume(tmp_path):
         # In a subprocess: the demo evaluates with torch in its own process, and this test
         # process must stay torch-free (distilabel forks workers; see conftest.tiny_lm_dir).
         args = [sys.executable, "-m", "trace_inversion.cli", "demo", "-o", str(out), "--inverter-backend", "transformers"]
-        for k, v in SMALL.items():
+        for k, v in MID.items():
             args += ["--size", f"{k}={v}"]
         r = subprocess.run(args, capture_output=True, text=True, timeout=1500)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -45,11 +52,18 @@ def test_demo_small_end_to_end_and_resume(tmp_path):
     # every stage wrote its dataset folder, card and stats
     for stage in ("target_query", "inverter_data", "surrogate_on_targets", "inversion", "student_data"):
         assert (seed / stage / "README.md").exists() and (seed / stage / "stats.json").exists()
-    assert len(read_split(seed / "target_query", "target")) == 160
+    n = MID["n_train"]
+    assert len(read_split(seed / "target_query", "target")) == n
     inv = run["inversion"]
-    assert inv["kept"] + inv["rejected"] == 160
+    assert inv["kept"] + inv["rejected"] == n
     counts = run["rows"]
-    assert counts["answer_only"] == counts["target_traces"] == 160 and counts["inverted_verified"] == inv["kept"]
+    assert counts["answer_only"] == counts["target_traces"] == n and counts["inverted_verified"] == inv["kept"]
+    assert len(read_split(seed / "eval" / "target_traces", "results")) == MID["n_test"]
+    # the claim's ordering, where its margin is robust at this size
+    acc = run["accuracy"]
+    assert acc["target_traces"] - acc["answer_only"] >= ORACLE_OVER_ANSWER_ONLY, acc
+    assert acc["inverted_verified"] - acc["summary_answer"] >= INVERTED_OVER_SUMMARY, acc
+    assert acc["inverted_verified"] >= acc["inverted_unfiltered"], acc
     # students trained with the tiny recipe; local releases tagged
     for c in CONDITIONS:
         assert (seed / "models" / f"student-{c}" / "config.json").exists()
