@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import ConfigError, RunConfig, load_config, parse_override
+from .config import RunConfig, load_config, parse_override
+from .errors import UserError
 
 EPILOG = """\
 Pipelines run on a YAML config (default: the embedded toy world, offline, no key).
@@ -28,6 +29,19 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config field (dotted path), repeatable")
     p.add_argument("--output", "-o", help="output folder (same as --set output.dir=...)")
     p.add_argument("--ray", action="store_true", help="run on distilabel's Ray pipeline (same as --set runtime.ray=true)")
+    _add_force(p)
+
+
+def _add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="write into (or replace) an existing non-empty output folder this project did not create")
+
+
+def _claim(path, args, inputs=(), empty: bool = False) -> Path:
+    """The output folder ``path``, absolute, checked and claimed (see safe_paths)."""
+    from .safe_paths import claim_dir
+
+    return claim_dir(path, force=getattr(args, "force", False), inputs=inputs, empty=empty)
 
 
 def _config_from(args) -> RunConfig:
@@ -50,6 +64,7 @@ def _quiet_libraries() -> None:
 
 def cmd_query_target(args) -> int:
     cfg = _config_from(args)
+    _claim(cfg.output.dir, args)
     from .data import load_rows
     from trace_inversion.pipelines.query_target import run_query_target
 
@@ -66,6 +81,7 @@ def cmd_query_target(args) -> int:
 
 def cmd_build_inverter_data(args) -> int:
     cfg = _config_from(args)
+    _claim(cfg.output.dir, args)
     from .data import load_rows
     from trace_inversion.pipelines.build_inverter_data import run_build_inverter_data
 
@@ -78,6 +94,7 @@ def cmd_build_inverter_data(args) -> int:
 
 def cmd_invert(args) -> int:
     cfg = _config_from(args)
+    _claim(cfg.output.dir, args)
     from trace_inversion.pipelines.invert import load_inversion_rows, run_invert
 
     stats = run_invert(cfg, load_inversion_rows(cfg))
@@ -94,6 +111,11 @@ def cmd_train(args) -> int:
     if not (args.recipe and args.model and args.data and args.output):
         print("error: --recipe, --model, --data and --output are required (or --list)", file=sys.stderr)
         return 2
+    from .safe_paths import check_disjoint
+
+    local_inputs = [x for x in (args.model, args.data) if Path(x).exists()]
+    check_disjoint(args.output, local_inputs, "train into")
+    args.output = str(_claim(args.output, args))
     overrides = {"model_name_or_path": args.model, "dataset_name": args.data, "output_dir": args.output}
     if args.data_config:
         overrides["dataset_config"] = args.data_config
@@ -125,7 +147,9 @@ def cmd_demo(args) -> int:
             print(f"error: --size {k}: unknown; fix: one of {sorted(DEMO)}", file=sys.stderr)
             return 2
         size[k] = int(v)
-    report = run_demo(output=args.output, seeds=args.seeds, config_path=args.config, overrides=overrides, size=size,
+    output = args.output or "runs/demo"
+    _claim(output, args)
+    report = run_demo(output=output, seeds=args.seeds, config_path=args.config, overrides=overrides, size=size,
                       inverter_backend=args.inverter_backend)
     print(report)
     return 0
@@ -133,6 +157,7 @@ def cmd_demo(args) -> int:
 
 def cmd_student_data(args) -> int:
     cfg = _config_from(args)
+    _claim(cfg.output.dir, args)
     from trace_inversion.pipelines.students import DEFAULT_CONDITIONS, run_student_data
 
     base = Path(cfg.output.dir)
@@ -169,7 +194,7 @@ def cmd_evaluate(args) -> int:
     sampling = {"temperature": args.temperature, "top_p": 1.0 if args.temperature == 0 else 0.95, "top_k": -1,
                 "repetition_penalty": 1.0, "max_new_tokens": args.max_new_tokens}
     mcfg = ModelConfig(backend=args.backend, model=args.model, sampling=sampling)
-    out = Path(args.output)
+    out = _claim(args.output, args)
     seeds = list(range(args.seeds)) if args.seeds > 1 else [None]
     summary, per_row = evaluate_model(mcfg, rows, RequestCache(out / "requests.sqlite"), seeds, reference_column=ref)
     write_split(out, "results", per_row)
@@ -179,21 +204,17 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from trace_inversion.hub_cards.publish import ReleaseError, publish_hub, publish_local
+    from trace_inversion.hub_cards.publish import publish_hub, publish_local
 
     if bool(args.repo) == bool(args.hub):
         print("error: give exactly one of --repo (a local release repository) or --hub (owner/name)",
               file=sys.stderr)
         return 2
-    try:
-        if args.hub:
-            rel = publish_hub(args.stage_folder, args.hub, args.version, args.message, private=not args.public,
-                              token_env=args.token_env)
-        else:
-            rel = publish_local(args.stage_folder, args.repo, args.version, args.message)
-    except ReleaseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.hub:
+        rel = publish_hub(args.stage_folder, args.hub, args.version, args.message, private=not args.public,
+                          token_env=args.token_env)
+    else:
+        rel = publish_local(args.stage_folder, args.repo, args.version, args.message)
     print(json.dumps(rel, indent=2))
     return 0
 
@@ -214,7 +235,7 @@ def cmd_review(args) -> int:
                 print("error: review pull needs --out (the reviewed release folder to write)", file=sys.stderr)
                 return 2
             out = review.build_reviewed(args.folder, review.pull_reviews(args.dataset, client, args.workspace),
-                                        args.out)
+                                        args.out, force=args.force)
     except review.ReviewError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -240,7 +261,7 @@ def cmd_toy(args) -> int:
 
     w = ToyWorld(seed=args.seed, n_ops=args.n_ops)
     train, test = w.splits(args.n_train, args.n_test)
-    out = Path(args.output)
+    out = _claim(args.output, args)
     write_parquet(list(iter_rows(train)), out / "train.parquet")
     write_parquet(list(iter_rows(test)), out / "test.parquet")
     print(f"wrote {len(train)} train and {len(test)} test problems to {out}")
@@ -251,7 +272,7 @@ def cmd_tiny_model(args) -> int:
     from .tiny_models import build_tiny_lm
 
     path = build_tiny_lm(args.output, hidden_size=args.hidden_size, num_layers=args.layers,
-                         num_heads=args.heads, vocab_size=args.vocab_size, seed=args.seed)
+                         num_heads=args.heads, vocab_size=args.vocab_size, seed=args.seed, force=args.force)
     print(f"tiny model saved to {path}")
     return 0
 
@@ -324,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set max_steps=50")
     p.add_argument("--list", action="store_true", help="list packaged recipes")
+    _add_force(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("student-data", help="pipeline: build the paper's student conditions from stage outputs",
@@ -355,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--toy-n-train", type=int, default=2000)
     p.add_argument("--toy-n-ops", type=int, default=6)
     p.add_argument("--output", "-o", required=True)
+    _add_force(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("publish", help="tool: publish a stage folder as a versioned release (local git or the Hub)",
@@ -383,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, help="push only a seeded sample of N rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="pull: folder for the reviewed release")
+    _add_force(p)
     p.add_argument("--api-url", help="Argilla URL (default $ARGILLA_API_URL)")
     p.add_argument("--key-env", default="ARGILLA_API_KEY", help="environment variable holding the API key")
     p.set_defaults(func=cmd_review)
@@ -400,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=2000)
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--n-ops", type=int, default=6)
+    _add_force(p)
     p.set_defaults(func=cmd_toy)
 
     p = sub.add_parser("tiny-model", help="tool: build a tiny causal LM + tokenizer in code (offline)",
@@ -411,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--vocab-size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    _add_force(p)
     p.set_defaults(func=cmd_tiny_model)
 
     p = sub.add_parser("cache", help="tool: statistics of a request cache file")
@@ -424,16 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:
-        from .data import DataError
-
-        if isinstance(e, DataError):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
     except KeyboardInterrupt:
         print("\ninterrupted: finished requests are in the request cache; run the same command again to resume",
               file=sys.stderr)

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .secrets import looks_like_secret, scrub
+from .errors import UserError
 
 DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "default.yaml"
 
@@ -30,7 +31,7 @@ DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 TOY_MODELS = ("toy-target", "toy-surrogate", "toy-compressor", "toy-inverter")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot run; ``problems`` holds one line per field."""
 
     def __init__(self, problems: list[str], source: str | None = None):

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import DataConfig
+from .errors import UserError
 
 MAX_PROBLEM_CHARS = 200_000
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     def __init__(self, problems: list[str], source: str = ""):
         self.problems = problems
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])

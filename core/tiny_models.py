@@ -96,11 +96,19 @@ def build_tiny_lm(
     intermediate_size: int = 256,
     max_position_embeddings: int = 1024,
     seed: int = 0,
+    force: bool = False,
 ) -> Path:
     """Build a tiny Llama + tokenizer and save it to ``out_dir`` (atomically).
 
-    ``hidden_size / num_heads`` must be >= 32 (vLLM CPU attention head sizes).
+    ``hidden_size / num_heads`` must be >= 32 (vLLM CPU attention head sizes). An
+    existing ``out_dir`` is replaced only when this project made it (or ``force``).
     """
+    from .safe_paths import PathSafetyError, absolute, is_owned, mark_owned
+
+    out = absolute(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not is_owned(out) and not force:
+        raise PathSafetyError(f"{out} exists, is not empty and was not created by trace-inversion; fix: choose a "
+                              "new folder, or pass --force to replace it")
     if hidden_size % num_heads or hidden_size // num_heads < 32:
         raise ValueError(
             f"head_dim = hidden_size/num_heads = {hidden_size}/{num_heads} must be an integer >= 32 for vLLM CPU; "
@@ -110,7 +118,6 @@ def build_tiny_lm(
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     corpus = corpus if corpus is not None else default_corpus()
-    out = Path(out_dir)
     tok = train_tokenizer(corpus, vocab_size)
     torch.manual_seed(seed)
     cfg = LlamaConfig(
@@ -137,8 +144,11 @@ def build_tiny_lm(
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        if out.exists():
+        mark_owned(tmp)
+        if out.is_dir() and not out.is_symlink():
             shutil.rmtree(out)
+        elif out.exists() or out.is_symlink():
+            out.unlink()
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
     finally:

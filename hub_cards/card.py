@@ -28,12 +28,13 @@ import yaml
 
 from trace_inversion import __version__
 from trace_inversion.secrets import scrub
+from trace_inversion.errors import UserError
 
 TEMPLATE = Path(__file__).parent / "templates" / "dataset_card.md"
 CONTEXT_FILE = "card.json"
 
 
-class CardError(ValueError):
+class CardError(UserError, ValueError):
     pass
 
 

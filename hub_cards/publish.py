@@ -7,6 +7,12 @@ A failed publish leaves no half release: the files are staged in a temporary clo
 only pushed (commit + tag together, atomically) when everything succeeded.
 ``datasets.load_dataset(repo_path)`` loads the checked-out release; ``load_release``
 checks out an exact tag into a folder and loads it from there.
+
+Git runs only on repositories this module owns: every path is made absolute first,
+each command runs as ``git -C <repo>`` with discovery stopped at the repository's
+parent (a folder that is not itself a repository is an error, never the enclosing
+repository of the user's project), and before writing, the repository git resolved
+is checked to be the one created or given; otherwise it stops naming both paths.
 """
 
 from __future__ import annotations
@@ -19,28 +25,64 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from trace_inversion.errors import UserError
+from trace_inversion.safe_paths import MARKER, absolute, check_disjoint, claim_dir, mark_owned
+
 _TAG = re.compile(r"^v[0-9]+(\.[0-9]+)*$")
 RELEASE_EXTRAS = ("stats.json", "card.json")
 
 
-class ReleaseError(RuntimeError):
+class ReleaseError(UserError):
     pass
 
 
-def _git(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, GIT_AUTHOR_NAME="trace-inversion", GIT_AUTHOR_EMAIL="trace-inversion@localhost",
-               GIT_COMMITTER_NAME="trace-inversion", GIT_COMMITTER_EMAIL="trace-inversion@localhost")
-    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=env)
+# Inherited git settings that would point a command at another repository (e.g. when
+# the project runs inside a git hook of the user's repository).
+_GIT_REPO_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
+                 "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PREFIX", "GIT_CEILING_DIRECTORIES")
+
+
+def _git(args: list[str], repo: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run git on exactly ``repo`` (an absolute path): ``git -C repo`` with discovery
+    stopped at ``repo``'s parent, so a folder that is not itself a repository is an
+    error, never the enclosing repository of the user's project."""
+    repo = Path(repo)
+    if not repo.is_absolute():
+        raise ReleaseError(f"internal error: git on a relative path {repo}")
+    env = {k: v for k, v in os.environ.items() if k not in _GIT_REPO_ENV}
+    env.update(GIT_AUTHOR_NAME="trace-inversion", GIT_AUTHOR_EMAIL="trace-inversion@localhost",
+               GIT_COMMITTER_NAME="trace-inversion", GIT_COMMITTER_EMAIL="trace-inversion@localhost",
+               GIT_CEILING_DIRECTORIES=str(repo.parent), GIT_TERMINAL_PROMPT="0")
+    r = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env)
     if check and r.returncode != 0:
-        raise ReleaseError(f"git {' '.join(args)} failed: {r.stderr.strip()[:500]}")
+        raise ReleaseError(f"git {' '.join(args)} in {repo} failed: {r.stderr.strip()[:500]}")
     return r
+
+
+def _git_dir(repo: Path) -> Optional[Path]:
+    """The repository git resolves at ``repo`` (never one above it), or None."""
+    r = _git(["rev-parse", "--absolute-git-dir"], repo, check=False)
+    return Path(r.stdout.strip()).resolve() if r.returncode == 0 else None
+
+
+def _require_own_repo(repo: Path) -> None:
+    """Stop unless git, run at ``repo``, works on ``repo``'s own repository."""
+    found = _git_dir(repo)
+    if found not in (repo / ".git", repo):  # a work tree, or a bare repository
+        raise ReleaseError(f"git resolved {found or 'no repository'} for {repo}, not {repo}'s own repository; "
+                           "nothing was written; fix: point --repo at a release repository or a new folder")
 
 
 def _ensure_repo(repo: Path) -> None:
     if (repo / ".git").exists() or (repo / "HEAD").exists():
+        _require_own_repo(repo)
         return
+    if repo.exists() and any(repo.iterdir()):
+        raise ReleaseError(f"{repo} exists, is not empty and is not a release repository; fix: choose a new "
+                           "folder for the release repository")
     repo.mkdir(parents=True, exist_ok=True)
     _git(["init", "-q", "-b", "main"], repo)
+    _require_own_repo(repo)
     _git(["config", "receive.denyCurrentBranch", "updateInstead"], repo)
     (repo / ".gitattributes").write_text("*.parquet binary\n")
     _git(["add", ".gitattributes"], repo)
@@ -48,8 +90,8 @@ def _ensure_repo(repo: Path) -> None:
 
 
 def list_tags(repo: str | os.PathLike) -> list[str]:
-    repo = Path(repo)
-    if not (repo / ".git").exists():
+    repo = absolute(repo)
+    if not ((repo / ".git").exists() or (repo / "HEAD").exists()):
         return []
     return sorted_versions(_git(["tag", "--list", "v*"], repo).stdout.split())
 
@@ -82,7 +124,7 @@ def publish_local(stage_folder: str | os.PathLike, repo: str | os.PathLike, vers
     Any write failure (disk full, permissions) raises ReleaseError and leaves the
     repository at its previous release."""
     try:
-        return _publish_local(Path(stage_folder), Path(repo), version, message, skip_unchanged)
+        return _publish_local(absolute(stage_folder), absolute(repo), version, message, skip_unchanged)
     except OSError as e:
         if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0]:
             e = OSError(str(e.args[0][0][2]))  # copytree: report the first failed copy
@@ -93,15 +135,19 @@ def publish_local(stage_folder: str | os.PathLike, repo: str | os.PathLike, vers
 def _publish_local(src: Path, repo: Path, version: Optional[str], message: Optional[str],
                    skip_unchanged: bool) -> dict:
     check_stage_folder(src)
+    check_disjoint(repo, [src], "publish into")
     _ensure_repo(repo)
     version = version or next_version(repo)
     check_version(version)
     if version in list_tags(repo):
         raise ReleaseError(f"release {version} already exists in {repo}; versions are immutable; fix: publish as "
                            f"{next_version(repo)}")
-    with tempfile.TemporaryDirectory(prefix=".release-", dir=repo.parent) as tmp:
-        work = Path(tmp) / "work"
-        _git(["clone", "-q", str(repo.resolve()), str(work)], repo.parent)
+    # The staging clone lives inside the release repository's own git folder: nothing
+    # is written beside it, and a disk that fills up is the repository's disk.
+    with tempfile.TemporaryDirectory(prefix="trace-inversion-release-", dir=_git_dir(repo)) as tmp:
+        work = Path(tmp).resolve() / "work"
+        _git(["clone", "-q", str(repo), str(work)], Path(tmp).resolve())
+        _require_own_repo(work)  # every later write happens in this clone, and only there
         for old in ("data", "README.md"):
             p = work / old
             if p.is_dir():
@@ -128,14 +174,18 @@ def _publish_local(src: Path, repo: Path, version: Optional[str], message: Optio
     return {"repo": str(repo), "version": version, "commit": commit}
 
 
-def checkout_release(repo: str | os.PathLike, version: str, dest: str | os.PathLike) -> Path:
-    """Materialise exactly release ``version`` in ``dest`` (a fresh folder)."""
-    repo, dest = Path(repo), Path(dest)
+def checkout_release(repo: str | os.PathLike, version: str, dest: str | os.PathLike, force: bool = False) -> Path:
+    """Materialise exactly release ``version`` in ``dest``: a new or empty folder, or a
+    checkout this project made before (replaced); anything else needs ``force``."""
+    repo, dest = absolute(repo), absolute(dest)
     if version not in list_tags(repo):
         raise ReleaseError(f"no release {version} in {repo} (have {list_tags(repo)})")
-    if dest.exists():
-        shutil.rmtree(dest)
-    _git(["clone", "-q", "--branch", version, "--depth", "1", f"file://{repo.resolve()}", str(dest)], repo.parent)
+    _require_own_repo(repo)
+    claim_dir(dest, force=force, inputs=[repo], empty=True)
+    (dest / MARKER).unlink()  # git clone wants an empty folder; the mark moves into .git
+    _git(["clone", "-q", "--branch", version, "--depth", "1", f"file://{repo}", str(dest)], dest.parent)
+    _require_own_repo(dest)
+    mark_owned(dest)
     return dest
 
 
