@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Optional
 
 from trace_inversion.io import read_split, write_json, write_split
+from trace_inversion.errors import UserError
 
 QUESTIONS = ("consistent", "plausible", "rating", "comment")
 
 
-class ReviewError(RuntimeError):
+class ReviewError(UserError):
     pass
 
 
@@ -138,15 +139,16 @@ def decide(responses: list[dict]) -> str:
 
 
 def build_reviewed(folder: str | os.PathLike, reviews: dict[str, list[dict]], out: str | os.PathLike,
-                   config: str = "inverted") -> dict:
+                   config: str = "inverted", force: bool = False) -> dict:
     """A reviewed copy of stage folder ``folder`` in ``out``: review columns on
     ``config``, rejected rows moved to ``review_rejected``, the card re-rendered."""
     from trace_inversion.hub_cards.card import load_context, write_card
+    from trace_inversion.safe_paths import absolute, claim_dir
 
-    src, dst = Path(folder), Path(out)
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".*", "README.md"))
+    src = absolute(folder)
+    # a folder of the project's (or --force) is replaced; never the pushed folder or one around it
+    dst = claim_dir(out, force=force, inputs=[src], empty=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".*", "README.md"), dirs_exist_ok=True)
     rows = read_split(src, config)
     kept, rejected, counts = [], [], {"accepted": 0, "rejected": 0, "unreviewed": 0}
     for r in rows:
