@@ -85,8 +85,10 @@ class RequestCache:
         hits / misses: counters for this instance (a finished rerun has misses == 0).
     """
 
-    def __init__(self, path: str | os.PathLike, durability: str = "normal"):
+    def __init__(self, path: str | os.PathLike, durability: str = "normal", secret_env: tuple = ()):
         self.path = Path(path)
+        # environment variables whose values are redacted from what is stored (besides the well-known ones)
+        self.secret_env = tuple(n for n in secret_env if n)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # NORMAL in WAL mode survives a killed process (the threat model: crashes,
         # Ctrl-C, SIGKILL); FULL also survives power loss at an fsync per request.
@@ -112,21 +114,27 @@ class RequestCache:
         return conn
 
     def __getstate__(self) -> dict:  # picklable for distilabel/Ray workers
-        return {"path": str(self.path), "durability": self._sync.lower()}
+        return {"path": str(self.path), "durability": self._sync.lower(), "secret_env": self.secret_env}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], state["durability"])
+        self.__init__(state["path"], state["durability"], state.get("secret_env", ()))
 
     # ------------------------------------------------------------------ primitives
     def get(self, key: str) -> Optional[Any]:
         row = self._conn().execute("SELECT response FROM requests WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def clean(self, obj: Any) -> Any:
+        """``obj`` as stored: exactly as received, except the values of secrets in use."""
+        return scrub(obj, extra_env=self.secret_env, patterns=False)
+
     def put(self, key: str, backend: str, model: str, payload: dict, response: Any) -> None:
-        # Scrub on the way in: a cache file is an artefact users share.
+        # A cache file is an artefact users share: secret values never reach it. Nothing
+        # else is rewritten (a response replayed from here equals the one first returned).
         self._conn().execute(
             "INSERT OR IGNORE INTO requests (key, backend, model, request, response, created) VALUES (?,?,?,?,?,?)",
-            (key, backend, model, canonical_json(scrub(payload)), canonical_json(scrub(response)), time.time()),
+            (key, backend, model, canonical_json(self.clean(payload)), canonical_json(self.clean(response)),
+             time.time()),
         )
 
     def __contains__(self, key: str) -> bool:
@@ -148,7 +156,7 @@ class RequestCache:
             self.hits += 1
             return hit, True
         self.misses += 1
-        response = fn()
+        response = self.clean(fn())
         self.put(key, backend, model, payload, response)
         return response, False
 
@@ -162,7 +170,7 @@ class RequestCache:
             self.hits += 1
             return hit, True
         self.misses += 1
-        response = await fn()
+        response = self.clean(await fn())
         self.put(key, backend, model, payload, response)
         return response, False
 

@@ -70,6 +70,7 @@ class LocalEngine:
             dt = time.monotonic() - t0
             for i, out in zip(idx, outs):
                 self.cache.misses += 1
+                out = self.cache.clean(out)
                 self.cache.put(keys[i], self.backend, self.cfg.model, payloads[i], out)
                 self.usage.add(out.get("usage", {}), 0.0, False)
                 results[i] = CallResult(True, response=out, attempts=1, latency_s=dt / max(1, len(idx)))

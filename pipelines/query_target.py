@@ -100,7 +100,7 @@ def dry_run(cfg: RunConfig, rows: list[dict]) -> dict:
 
     k = min(cfg.query.dry_run_sample, len(rows))
     sample = random.Random(cfg.seed).sample(rows, k)
-    client = make_client(cfg.models.target, RequestCache(cfg.resolved_cache_path), world=ToyWorld.from_config(cfg.data.toy))
+    client = make_client(cfg.models.target, RequestCache(cfg.resolved_cache_path, secret_env=(cfg.models.target.api_key_env,)), world=ToyWorld.from_config(cfg.data.toy))
     sys_msg = [{"role": "system", "content": cfg.query.system_prompt}] if cfg.query.system_prompt else []
 
     async def go():

@@ -46,7 +46,7 @@ class ModelStep(Step):
             kw["in_process"] = True
             if self.max_model_len:
                 kw["max_model_len"] = self.max_model_len
-        self._gen = Generator(cfg, RequestCache(self.cache_path), world=world, budget=Budget(self.budget_usd), **kw)
+        self._gen = Generator(cfg, RequestCache(self.cache_path, secret_env=(cfg.api_key_env,)), world=world, budget=Budget(self.budget_usd), **kw)
 
     def unload(self) -> None:
         if self._bar is not None:
