@@ -29,6 +29,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config field (dotted path), repeatable")
     p.add_argument("--output", "-o", help="output folder (same as --set output.dir=...)")
     p.add_argument("--ray", action="store_true", help="run on distilabel's Ray pipeline (same as --set runtime.ray=true)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="send fresh requests for the rows that failed on content (refusal, empty answer, "
+                        "incomplete/length, empty summary); successes replay from the cache, never paid twice")
     _add_force(p)
 
 
@@ -54,6 +57,8 @@ def _config_from(args) -> RunConfig:
         overrides = deep_merge(overrides, {"output": {"dir": args.output}})
     if getattr(args, "ray", False):
         overrides = deep_merge(overrides, {"runtime": {"ray": True}})
+    if getattr(args, "retry_failed", False):
+        overrides = deep_merge(overrides, {"runtime": {"retry_failed": True}})
     return load_config(args.config, overrides or None)
 
 
@@ -140,6 +145,8 @@ def cmd_demo(args) -> int:
     overrides: dict = {}
     for item in args.overrides:
         overrides = deep_merge(overrides, parse_override(item))
+    if args.retry_failed:
+        overrides = deep_merge(overrides, {"runtime": {"retry_failed": True}})
     size = {}
     for item in args.size:
         k, _, v = item.partition("=")

@@ -67,6 +67,17 @@ def chat_payload(cfg: ModelConfig, messages: Messages, seed: Optional[int] = Non
     return {"messages": messages, "params": params, "n": s.n}
 
 
+def with_retry(payload: dict, retry: int) -> dict:
+    """A request's cache-key payload for retry number ``retry`` (``--retry-failed``):
+    0 is the original request (keys unchanged), k > 0 a fresh request recorded as such."""
+    return dict(payload, retry=retry) if retry else payload
+
+
+def retry_seed(seed: Optional[int], retry: int) -> Optional[int]:
+    """The sampling seed of retry ``retry`` of a request seeded ``seed``."""
+    return seed if not retry else (seed or 0) + 1_000_003 * retry
+
+
 class PermanentError(Exception):
     """A failure that retrying cannot fix (bad request, auth, refusal policy)."""
 
@@ -172,12 +183,17 @@ class BaseClient:
     def payload(self, messages: Messages, seed: Optional[int] = None) -> dict:
         return chat_payload(self.cfg, messages, seed)
 
+    def key(self, messages: Messages, seed: Optional[int] = None, retry: int = 0) -> str:
+        from .cache import request_key
+
+        return request_key(self.backend, self.cfg.model, with_retry(self.payload(messages, seed), retry))
+
     async def _call(self, messages: Messages, seed: Optional[int] = None) -> dict:
         raise NotImplementedError
 
-    async def query(self, messages: Messages, seed: Optional[int] = None) -> CallResult:
+    async def query(self, messages: Messages, seed: Optional[int] = None, retry: int = 0) -> CallResult:
         """One request; ``seed`` (for resampling) overrides the sampling seed and is
-        part of the cache key."""
+        part of the cache key, as is ``retry`` (see ``with_retry``)."""
         loop = asyncio.get_running_loop()
         if self._sem is None or self._sem_loop is not loop:
             # Steps run one event loop per batch; a semaphore belongs to one loop.
@@ -213,20 +229,24 @@ class BaseClient:
                                                   rng=self._rng))
 
         try:
-            response, cached = await self.cache.acall(self.backend, self.cfg.model, self.payload(messages, seed), paid_call)
+            response, cached = await self.cache.acall(self.backend, self.cfg.model,
+                                                      with_retry(self.payload(messages, seed), retry), paid_call)
         except (PermanentError, BudgetExceeded) as e:
             return CallResult(False, error=str(e), attempts=attempts, latency_s=time.monotonic() - t0)
         self.usage.add(response.get("usage", {}), cost_of(response.get("usage", {}), self.cfg), cached)
         return CallResult(True, response=response, attempts=attempts, cached=cached, latency_s=time.monotonic() - t0)
 
-    async def query_many(self, batch: list[Messages], seeds: Optional[list[Optional[int]]] = None) -> list[CallResult]:
+    async def query_many(self, batch: list[Messages], seeds: Optional[list[Optional[int]]] = None,
+                         retries: Optional[list[int]] = None) -> list[CallResult]:
         seeds = seeds or [None] * len(batch)
-        return list(await asyncio.gather(*(self.query(m, sd) for m, sd in zip(batch, seeds))))
+        retries = retries or [0] * len(batch)
+        return list(await asyncio.gather(*(self.query(m, sd, rt) for m, sd, rt in zip(batch, seeds, retries))))
 
-    def query_many_sync(self, batch: list[Messages], seeds: Optional[list[Optional[int]]] = None) -> list[CallResult]:
+    def query_many_sync(self, batch: list[Messages], seeds: Optional[list[Optional[int]]] = None,
+                        retries: Optional[list[int]] = None) -> list[CallResult]:
         async def go():
             try:
-                return await self.query_many(batch, seeds)
+                return await self.query_many(batch, seeds, retries)
             finally:
                 await self.aclose()
         return asyncio.run(go())

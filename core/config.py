@@ -301,6 +301,9 @@ class RuntimeConfig(_Strict):
     ray_address: Optional[str] = Field(None, description="Ray cluster to join, e.g. 'auto' or 'ray://head:10001' "
                                                          "(default: $RAY_ADDRESS, else start a local cluster).")
     replicas: int = Field(1, ge=1, le=1024, description="Ray: replicas of each model step.")
+    retry_failed: bool = Field(False, description="Send fresh requests for the rows whose cached result is a content "
+                                                  "failure (refusal, empty answer, incomplete/length, empty summary); "
+                                                  "successful rows are replayed, never paid again (CLI: --retry-failed).")
 
 
 class RunConfig(_Strict):

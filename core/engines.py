@@ -18,7 +18,7 @@ import time
 from typing import Any, Optional
 
 from .cache import RequestCache, model_signature, request_key
-from .clients import CallResult, Usage, chat_payload
+from .clients import CallResult, Usage, chat_payload, retry_seed, with_retry
 from .config import ModelConfig
 
 Messages = list[dict]
@@ -36,17 +36,25 @@ class LocalEngine:
         sig = model_signature(cfg.model)  # a retrained local model is a new model
         self.model_key = cfg.model if sig is None else f"{cfg.model}@{request_key('files', cfg.model, {'f': sig})[:16]}"
 
-    def payload(self, messages: Messages, sample_seed: Optional[int] = None) -> dict:
-        return chat_payload(self.cfg, messages, sample_seed)
+    def payload(self, messages: Messages, sample_seed: Optional[int] = None, retry: int = 0) -> dict:
+        return with_retry(chat_payload(self.cfg, messages, sample_seed), retry)
+
+    def key(self, messages: Messages, seed: Optional[int] = None, retry: int = 0) -> str:
+        return request_key(self.backend, self.model_key, self.payload(messages, seed, retry))
 
     def _generate(self, batch: list[Messages], seeds: list[Optional[int]]) -> list[dict]:
         raise NotImplementedError
 
-    def generate(self, batch: list[Messages], seeds: Optional[list[Optional[int]]] = None) -> list[CallResult]:
+    def generate(self, batch: list[Messages], seeds: Optional[list[Optional[int]]] = None,
+                 retries: Optional[list[int]] = None) -> list[CallResult]:
         """One result per conversation. ``seeds`` (per request) become part of the
-        cache key, so resampling with a new seed is a new request."""
+        cache key, so resampling with a new seed is a new request; so does a retry
+        number (``--retry-failed``), which also moves the sampling seed so that a
+        retried request can come out differently."""
         seeds = seeds or [self.cfg.sampling.seed] * len(batch)
-        payloads = [self.payload(m, sd) for m, sd in zip(batch, seeds)]
+        retries = retries or [0] * len(batch)
+        payloads = [self.payload(m, sd, rt) for m, sd, rt in zip(batch, seeds, retries)]
+        gen_seeds = [retry_seed(sd, rt) for sd, rt in zip(seeds, retries)]
         keys = [request_key(self.backend, self.model_key, p) for p in payloads]
         results: list[Optional[CallResult]] = [None] * len(batch)
         misses = []
@@ -62,7 +70,7 @@ class LocalEngine:
             idx = misses[start:start + self.chunk_size]
             t0 = time.monotonic()
             try:
-                outs = self._generate([batch[i] for i in idx], [seeds[i] for i in idx])
+                outs = self._generate([batch[i] for i in idx], [gen_seeds[i] for i in idx])
             except Exception as e:  # engine failure: every row of the chunk keeps its reason
                 for i in idx:
                     results[i] = CallResult(False, error=f"engine error: {type(e).__name__}: {str(e)[:200]}", attempts=1)

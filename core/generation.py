@@ -40,10 +40,24 @@ class Generator:
     def load_seconds(self) -> float:
         return getattr(self.engine, "load_seconds", 0.0) if self.engine is not None else 0.0
 
-    def generate(self, batch: list[list[dict]], seeds: Optional[list[Optional[int]]] = None) -> list[CallResult]:
+    def generate(self, batch: list[list[dict]], seeds: Optional[list[Optional[int]]] = None,
+                 retries: Optional[list[int]] = None) -> list[CallResult]:
         if self.engine is not None:
-            return self.engine.generate(batch, seeds)
-        return self.client.query_many_sync(batch, seeds)
+            return self.engine.generate(batch, seeds, retries)
+        return self.client.query_many_sync(batch, seeds, retries)
+
+    def latest_retries(self, batch: list[list[dict]], seeds: Optional[list[Optional[int]]] = None) -> list[int]:
+        """Per request, the newest retry number the cache holds (0: the original). A
+        plain rerun replays that one, so a row fixed by ``--retry-failed`` stays fixed."""
+        seeds = seeds or [None if self.engine is None else self.cfg.sampling.seed] * len(batch)
+        src = self.engine or self.client
+        out = []
+        for m, sd in zip(batch, seeds):
+            k = 0
+            while src.key(m, sd, k + 1) in src.cache:
+                k += 1
+            out.append(k)
+        return out
 
     def close(self) -> None:
         if self.engine is not None:

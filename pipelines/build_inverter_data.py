@@ -21,7 +21,7 @@ from typing import Optional
 
 from trace_inversion.config import RunConfig
 from trace_inversion.io import read_split, split_path, write_json, write_split
-from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, mark_finished,
+from trace_inversion.pipelines.common import (count_reasons, retry_stats, crashed_rows, distilabel_cache, mark_finished,
                                              reorder, reuse_finished, stage_fingerprint,
                                               require_models, run_pipeline, step_kwargs)
 
@@ -63,7 +63,7 @@ def run_build_inverter_data(cfg: RunConfig, rows: list[dict], out_name: str = "i
     out_dir = Path(cfg.output.dir) / out_name
     fp = stage_fingerprint(cfg, "build-inverter-data", rows, target_release=cfg.inverter_data.target_release and str(
         split_path(cfg.inverter_data.target_release, "target")))
-    done = reuse_finished(out_dir, fp)
+    done = reuse_finished(out_dir, fp, cfg)
     if done is not None:
         return done
     result = reorder(run_pipeline(build_pipeline(cfg, rows), cfg), [r["id"] for r in rows])
@@ -93,6 +93,7 @@ def run_build_inverter_data(cfg: RunConfig, rows: list[dict], out_name: str = "i
         "summary_style": cfg.inverter_data.summary_style if not cfg.inverter_data.prompt_file else "file",
         "summary_prompt_sha": ok[0]["summary_prompt_sha"] if ok else None,
         "style_report": reports, "seconds": round(time.time() - t0, 2), "output_dir": str(out_dir),
+        **retry_stats(cfg, "surrogate", "compressor"),
     }
     write_json(stats, out_dir / "stats.json")
     from trace_inversion.hub_cards.card import write_stage_card

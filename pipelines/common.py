@@ -21,7 +21,7 @@ def step_kwargs(cfg: RunConfig, role: str, total_rows: int) -> dict:
     batch = max(64, m.concurrency * 4) if m.backend not in ("vllm", "transformers") else 256
     kw = dict(model=m.model_dump(mode="json"), cache_path=str(cfg.resolved_cache_path.resolve()),
               toy_world=cfg.data.toy.model_dump(mode="json"), input_batch_size=batch, total_rows=total_rows,
-              resources=step_resources(cfg, role))
+              resources=step_resources(cfg, role), retry_failed=cfg.runtime.retry_failed)
     return kw
 
 
@@ -87,6 +87,14 @@ def distilabel_cache(cfg: RunConfig) -> str:
     return str(Path(cfg.output.dir) / ".distilabel")
 
 
+def retry_stats(cfg: RunConfig, *step_names: str) -> dict:
+    """What ``--retry-failed`` did in this run: fresh requests for content failures, and
+    how many of them came back usable."""
+    t = [step_timings(cfg, n) or {} for n in step_names]
+    return {"retried_requests": sum(x.get("retried_requests", 0) for x in t),
+            "retried_recovered": sum(x.get("retried_recovered", 0) for x in t)}
+
+
 def step_timings(cfg: RunConfig, step_name: str) -> dict | None:
     """What a ModelStep recorded about its time (engine load vs generation)."""
     import json
@@ -122,11 +130,14 @@ def stage_fingerprint(cfg: RunConfig, stage: str, rows: list[dict], **extra) -> 
     return h.hexdigest()
 
 
-def reuse_finished(out_dir: Path, fingerprint: str) -> dict | None:
+def reuse_finished(out_dir: Path, fingerprint: str, cfg: RunConfig | None = None) -> dict | None:
     """The saved stats of a finished stage with this fingerprint whose shards are all
-    still in place, else None. A re-run of a finished run costs no pipeline and no call."""
+    still in place, else None. A re-run of a finished run costs no pipeline and no call.
+    ``--retry-failed`` always runs the stage (its successes replay from the cache)."""
     import json
 
+    if cfg is not None and cfg.runtime.retry_failed:
+        return None
     p = Path(out_dir) / MARKER
     try:
         m = json.loads(p.read_text())

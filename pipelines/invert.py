@@ -22,7 +22,7 @@ from pathlib import Path
 from trace_inversion.config import RunConfig
 from trace_inversion.data import DataError, validate_rows
 from trace_inversion.io import split_path, write_json, write_split
-from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, mark_finished,
+from trace_inversion.pipelines.common import (count_reasons, retry_stats, crashed_rows, distilabel_cache, mark_finished,
                                              reorder, reuse_finished, stage_fingerprint,
                                               require_models, run_pipeline, step_kwargs, step_timings)
 
@@ -88,7 +88,7 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
     ic = cfg.invert
     out_dir = Path(cfg.output.dir) / "inversion"
     fp = stage_fingerprint(cfg, "invert", rows)
-    done = reuse_finished(out_dir, fp)
+    done = reuse_finished(out_dir, fp, cfg)
     if done is not None:
         return done
     result = reorder(run_pipeline(build_pipeline(cfg, rows), cfg), [r["id"] for r in rows])
@@ -132,6 +132,7 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
         stats["overlap_unfiltered"] = corpus_metrics([r.get("first_trace") for r in with_gt],
                                                      [r[gt] for r in with_gt])[1]
     stats["inverter_timings"] = step_timings(cfg, "invert")
+    stats.update(retry_stats(cfg, "invert"))
     steps_kept = toy_step_share(kept, "inverted_trace")
     if steps_kept is not None:
         stats["toy_all_steps_correct"] = {"kept": steps_kept, "unfiltered": toy_step_share(result, "first_trace")}

@@ -16,7 +16,7 @@ from pathlib import Path
 from trace_inversion.config import RunConfig
 from trace_inversion.data import load_rows
 from trace_inversion.io import write_json, write_split
-from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, mark_finished, reorder,
+from trace_inversion.pipelines.common import (retry_stats, count_reasons, crashed_rows, distilabel_cache, mark_finished, reorder,
                                              require_models, reuse_finished, run_pipeline, stage_fingerprint,
                                              step_kwargs, step_timings)
 
@@ -49,7 +49,7 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
     rows = rows if rows is not None else load_rows(cfg.data, split)
     out_dir = Path(cfg.output.dir) / "target_query"
     fp = stage_fingerprint(cfg, "query-target", rows)
-    done = reuse_finished(out_dir, fp)
+    done = reuse_finished(out_dir, fp, cfg)
     if done is not None:
         return done
     pipeline = build_pipeline(cfg, rows)
@@ -76,6 +76,7 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
         "input_tokens": sum((r["target_usage"] or {}).get("input_tokens", 0) for r in result),
         "output_tokens": sum((r["target_usage"] or {}).get("output_tokens", 0) for r in result),
         "http_attempts": sum(r["query_attempts"] for r in result),
+        **retry_stats(cfg, "query_target"),
         "seconds": round(time.time() - t0, 2),
         "output_dir": str(out_dir),
     }

@@ -17,6 +17,9 @@ class ModelStep(Step):
         budget_usd: cap on new spending by this step (API backends).
         total_rows: rows expected, for the progress bar.
         max_model_len: context length for the vLLM engine (None: the model's).
+        retry_failed: send a fresh request for each result the step judges a content
+            failure (refusal, empty or truncated output, ...). Without it such results
+            are replayed from the cache like any other (a plain rerun pays nothing).
     """
 
     model: dict
@@ -25,10 +28,13 @@ class ModelStep(Step):
     budget_usd: Optional[float] = Field(None, description="Cap on new spending by this step.")
     total_rows: Optional[int] = Field(None, description="For the progress bar.")
     max_model_len: Optional[int] = None
+    retry_failed: bool = Field(False, description="Re-request the rows whose cached result is a content failure.")
 
     _gen: Any = PrivateAttr(None)
     _bar: Any = PrivateAttr(None)
     _seconds: float = PrivateAttr(0.0)
+    _retried: int = PrivateAttr(0)
+    _recovered: int = PrivateAttr(0)
     progress_label: str = "generate"
 
     def load(self) -> None:
@@ -69,7 +75,8 @@ class ModelStep(Step):
         u = self._gen.usage
         data = {"step": self.name, "backend": self._gen.cfg.backend, "seconds_in_model_calls": round(self._seconds, 3),
                 "engine_load_seconds": round(self._gen.load_seconds, 3), "requests": u.requests,
-                "cached_requests": u.cached_requests, "output_tokens": u.output_tokens, "cost_usd": u.cost_usd}
+                "cached_requests": u.cached_requests, "output_tokens": u.output_tokens, "cost_usd": u.cost_usd,
+                "retried_requests": self._retried, "retried_recovered": self._recovered}
         gen_s = self._seconds - self._gen.load_seconds
         data["generation_seconds"] = round(gen_s, 3)
         data["output_tokens_per_s"] = round(u.output_tokens / gen_s, 1) if gen_s > 0 else None
@@ -81,9 +88,14 @@ class ModelStep(Step):
     def model_name(self) -> str:
         return self._gen.cfg.model
 
-    def call_model(self, conversations: list, seeds: Optional[list] = None) -> list:
+    def call_model(self, conversations: list, seeds: Optional[list] = None, failure=None) -> list:
         """Results in order; an internal failure becomes a failed result per row (never
-        an exception, which distilabel would turn into a batch of None rows)."""
+        an exception, which distilabel would turn into a batch of None rows).
+
+        ``failure(index, result) -> reason | None`` says which successful responses are
+        content failures. Each request replays the newest retry the cache holds; with
+        ``retry_failed``, a content failure is requested again as the next retry
+        number (a new cache key): exactly the failed rows are re-requested."""
         from tqdm.auto import tqdm
 
         from trace_inversion.clients import CallResult
@@ -94,7 +106,18 @@ class ModelStep(Step):
 
         t0 = time.monotonic()
         try:
-            results = self._gen.generate(conversations, seeds)
+            retries = self._gen.latest_retries(conversations, seeds)
+            results = self._gen.generate(conversations, seeds, retries)
+            if self.retry_failed and failure is not None:
+                redo = [i for i, r in enumerate(results) if r.ok and failure(i, r)]
+                if redo:
+                    again = self._gen.generate([conversations[i] for i in redo],
+                                               [seeds[i] for i in redo] if seeds else None,
+                                               [retries[i] + 1 for i in redo])
+                    for i, r in zip(redo, again):
+                        results[i] = r
+                        self._retried += 1
+                        self._recovered += int(r.ok and not failure(i, r))
         except Exception as e:
             results = [CallResult(False, error=f"internal error: {type(e).__name__}: {e}")] * len(conversations)
         self._seconds += time.monotonic() - t0

@@ -127,7 +127,10 @@ class InvertTraces(ModelStep):
                     convs.append(self.messages(inputs[i]))
                     seeds.append(self.base_seed + rnd * k + j)
                     owners.append(i)
-            results = self.call_model(convs, seeds)
+            # with --retry-failed, a sample the filters rejected is requested once more
+            results = self.call_model(convs, seeds, failure=lambda n, res: judge(
+                res.response.get("answer"), res.response.get("finish_reason"),
+                inputs[owners[n]][self.answer_column])[0] is False)
             for i, seed, res in zip(owners, seeds, results):
                 if res.ok:
                     r = res.response

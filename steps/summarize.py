@@ -11,6 +11,15 @@ if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
 
+def summary_text(output) -> str:
+    """The summary in a compressor's output (a reasoning compressor may think first:
+    only what follows ``</think>`` counts)."""
+    text = (output or "").strip()
+    if "</think>" in text:
+        text = text.split("</think>", 1)[1].strip()
+    return text
+
+
 class CompressTraces(ModelStep):
     """Summarise each trace, simulating the reasoning summaries a closed target shows.
 
@@ -66,7 +75,8 @@ class CompressTraces(ModelStep):
         sha = prompt_hash(system)
         style = "file" if self.prompt_file else self.style
         todo = [i for i, r in enumerate(inputs) if (r.get(self.input_column) or "").strip()]
-        results = self.call_model([compressor_messages(inputs[i][self.input_column], system) for i in todo]) if todo else []
+        results = self.call_model([compressor_messages(inputs[i][self.input_column], system) for i in todo],
+                                  failure=lambda _, res: not summary_text(res.response["answer"])) if todo else []
         by_index = dict(zip(todo, results))
         out = []
         for i, r in enumerate(inputs):
@@ -77,10 +87,7 @@ class CompressTraces(ModelStep):
             elif not res.ok:
                 row.update(summary=None, summary_error=res.error)
             else:
-                text = (res.response["answer"] or "").strip()
-                # A reasoning compressor may think first; keep only what follows </think>.
-                if "</think>" in text:
-                    text = text.split("</think>", 1)[1].strip()
+                text = summary_text(res.response["answer"])
                 row.update(summary=text or None, summary_error=None if text else "empty summary")
             out.append(row)
         yield out

@@ -68,5 +68,6 @@ class GenerateSurrogateTraces(ModelStep):
         return dict(out, surrogate_output=text, surrogate_trace=trace, surrogate_answer=answer, surrogate_error=error)
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        results = self.call_model([[{"role": "user", "content": r["problem"]}] for r in inputs])
+        results = self.call_model([[{"role": "user", "content": r["problem"]}] for r in inputs],
+                                  failure=lambda i, res: self.parse_result(inputs[i], res)["surrogate_error"])
         yield [self.parse_result(r, res) for r, res in zip(inputs, results)]

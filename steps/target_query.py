@@ -104,5 +104,6 @@ class QueryTarget(ModelStep):
         return out
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        results = self.call_model([self.format_messages(r["problem"]) for r in inputs])
+        results = self.call_model([self.format_messages(r["problem"]) for r in inputs],
+                                  failure=lambda i, res: self.parse_result(inputs[i], res)["query_error"])
         yield [self.parse_result(r, res) for r, res in zip(inputs, results)]
