@@ -21,7 +21,7 @@ from typing import Optional
 
 from trace_inversion.config import RunConfig
 from trace_inversion.io import read_split, split_path, write_json, write_split
-from trace_inversion.pipelines.common import (count_reasons, retry_stats, crashed_rows, distilabel_cache, mark_finished,
+from trace_inversion.pipelines.common import (count_reasons, report_stage, retry_stats, crashed_rows, distilabel_cache, mark_finished,
                                              reorder, reuse_finished, stage_fingerprint,
                                               require_models, run_pipeline, step_kwargs)
 
@@ -65,8 +65,8 @@ def run_build_inverter_data(cfg: RunConfig, rows: list[dict], out_name: str = "i
         split_path(cfg.inverter_data.target_release, "target")))
     done = reuse_finished(out_dir, fp, cfg)
     if done is not None:
-        return done
-    result = reorder(run_pipeline(build_pipeline(cfg, rows), cfg), [r["id"] for r in rows])
+        return report_stage(out_name.replace("_", "-"), done, cfg, summary(done))
+    result = reorder(run_pipeline(build_pipeline(cfg, rows), cfg, out_name.replace("_", "-")), [r["id"] for r in rows])
     crashed_rows(result, "surrogate_model", "surrogate_error")
     for r in result:
         r["failure"] = r.get("surrogate_error") or r.get("summary_error") or (
@@ -104,4 +104,10 @@ def run_build_inverter_data(cfg: RunConfig, rows: list[dict], out_name: str = "i
     stats["style_table"] = format_report(reports)
     if not failed:
         mark_finished(out_dir, fp, stats)
-    return stats
+    return report_stage(out_name.replace("_", "-"), stats, cfg, summary(stats))
+
+
+def summary(stats: dict) -> str:
+    """The stage's key counts for its console line."""
+    return (f"{stats['rows_out']:,} of {stats['rows_in']:,} surrogate traces summarised · "
+            f"{stats['failures']:,} failed")

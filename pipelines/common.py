@@ -21,11 +21,16 @@ def step_kwargs(cfg: RunConfig, role: str, total_rows: int) -> dict:
     batch = max(64, m.concurrency * 4) if m.backend not in ("vllm", "transformers") else 256
     kw = dict(model=m.model_dump(mode="json"), cache_path=str(cfg.resolved_cache_path.resolve()),
               toy_world=cfg.data.toy.model_dump(mode="json"), input_batch_size=batch, total_rows=total_rows,
-              resources=step_resources(cfg, role), retry_failed=cfg.runtime.retry_failed)
+              resources=step_resources(cfg, role), retry_failed=cfg.runtime.retry_failed,
+              progress_dir=str(progress_dir(cfg)))
     return kw
 
 
-def run_distiset(pipeline, cfg: RunConfig | None = None):
+def progress_dir(cfg: RunConfig) -> Path:
+    return (Path(cfg.output.dir) / ".progress").resolve()
+
+
+def run_distiset(pipeline, cfg: RunConfig | None = None, stage: str | None = None):
     """Run with distilabel's cache off (its resume hangs, upstream #1065; the request
     cache is the resume mechanism) and the write-buffer schema fix applied; on Ray
     when ``cfg.runtime.ray`` is set (the same DAG, steps as Ray actors). tqdm's monitor
@@ -39,6 +44,9 @@ def run_distiset(pipeline, cfg: RunConfig | None = None):
     # while writing it leaves an empty file that crashes every later run. Its cache is
     # never used here, so the stale copy goes (this run writes it again).
     Path(pipeline._cache_location["pipeline"]).unlink(missing_ok=True)
+    from trace_inversion.console import StageView, file_handler, log_path, quiet_distilabel_console
+
+    quiet_distilabel_console()
     if cfg is not None and cfg.runtime.ray:
         import os
 
@@ -46,12 +54,34 @@ def run_distiset(pipeline, cfg: RunConfig | None = None):
         kwargs = {"address": address} if address else {"include_dashboard": False}
         kwargs["log_to_driver"] = False
         pipeline = pipeline.ray(ray_init_kwargs=kwargs)
-    return pipeline.run(use_cache=False)
+    import logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        if cfg is None:
+            return pipeline.run(use_cache=False)
+        stage = stage or pipeline.name
+        with StageView(stage, progress_dir(cfg)):
+            return pipeline.run(use_cache=False, logging_handlers=[file_handler(log_path(cfg.output.dir, stage))])
+    finally:
+        # distilabel leaves the root logger on a queue it has closed: any later record
+        # (a library logging in this process) would print "--- Logging error ---".
+        root.handlers[:], root.level = saved
 
 
-def run_pipeline(pipeline, cfg: RunConfig | None = None) -> list[dict]:
+def run_pipeline(pipeline, cfg: RunConfig | None = None, stage: str | None = None) -> list[dict]:
     """Run (see ``run_distiset``) and return the single leaf step's rows."""
-    return run_distiset(pipeline, cfg)["default"]["train"].to_list()
+    return run_distiset(pipeline, cfg, stage)["default"]["train"].to_list()
+
+
+def report_stage(stage: str, stats: dict, cfg: RunConfig, summary: str) -> dict:
+    """The stage's one console line (``summary``: its key counts); returns ``stats``."""
+    from trace_inversion.console import log_path, say, stage_line
+
+    say(stage_line(stage, summary, stats.get("seconds", 0.0), log_path(cfg.output.dir, stage),
+                   reused=bool(stats.get("reused"))))
+    return stats
 
 
 def step_resources(cfg: RunConfig, role: str):

@@ -55,6 +55,7 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
     from trace_inversion.pipelines.invert import run_invert
     from trace_inversion.pipelines.query_target import run_query_target
     from trace_inversion.pipelines.students import run_student_data
+    from trace_inversion.safe_paths import claim_dir
     from trace_inversion.training import BackgroundRun, start_sft
 
     t_seed = time.time()
@@ -119,7 +120,7 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
     eval_env = dict(os.environ, OMP_NUM_THREADS="1") if size["parallel"] > 1 else None
 
     def evaluate(c: str):
-        d = out / "eval" / c
+        d = claim_dir(out / "eval" / c)  # the evaluate command writes only folders the project made
         cmd = [sys.executable, "-m", "trace_inversion.cli", "evaluate", "--model", str(out / "models" / f"student-{c}"),
                "--benchmark", str(test_file), "--split", "test", "--id-column", "id",
                "--answer-column", "reference_answer", "--backend", "transformers", "--temperature", "0",

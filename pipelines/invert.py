@@ -22,7 +22,7 @@ from pathlib import Path
 from trace_inversion.config import RunConfig
 from trace_inversion.data import DataError, validate_rows
 from trace_inversion.io import split_path, write_json, write_split
-from trace_inversion.pipelines.common import (count_reasons, retry_stats, crashed_rows, distilabel_cache, mark_finished,
+from trace_inversion.pipelines.common import (count_reasons, report_stage, retry_stats, crashed_rows, distilabel_cache, mark_finished,
                                              reorder, reuse_finished, stage_fingerprint,
                                               require_models, run_pipeline, step_kwargs, step_timings)
 
@@ -90,8 +90,8 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
     fp = stage_fingerprint(cfg, "invert", rows)
     done = reuse_finished(out_dir, fp, cfg)
     if done is not None:
-        return done
-    result = reorder(run_pipeline(build_pipeline(cfg, rows), cfg), [r["id"] for r in rows])
+        return report_stage("invert", done, cfg, summary(done))
+    result = reorder(run_pipeline(build_pipeline(cfg, rows), cfg, "invert"), [r["id"] for r in rows])
     crashed_rows(result, "inverter_model", "inversion_reason")
     gt = ic.ground_truth_column
     has_gt = bool(gt) and any(r.get(gt) for r in result)
@@ -143,4 +143,10 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
                      {"inverted": len(kept), "unfiltered": len(unfiltered), "rejected": len(rejected)})
     if not any((r.get("inversion_reason") or "").startswith("internal error") for r in rejected):
         mark_finished(out_dir, fp, stats)
-    return stats
+    return report_stage("invert", stats, cfg, summary(stats))
+
+
+def summary(stats: dict) -> str:
+    """The stage's key counts for its console line."""
+    return (f"{stats['kept']:,} of {stats['rows_in']:,} traces kept · {stats['rejected']:,} rejected · first sample "
+            f"consistent {stats['first_sample']['consistent']:,}")

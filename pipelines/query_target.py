@@ -16,7 +16,7 @@ from pathlib import Path
 from trace_inversion.config import RunConfig
 from trace_inversion.data import load_rows
 from trace_inversion.io import write_json, write_split
-from trace_inversion.pipelines.common import (retry_stats, count_reasons, crashed_rows, distilabel_cache, mark_finished, reorder,
+from trace_inversion.pipelines.common import (report_stage, retry_stats, count_reasons, crashed_rows, distilabel_cache, mark_finished, reorder,
                                              require_models, reuse_finished, run_pipeline, stage_fingerprint,
                                              step_kwargs, step_timings)
 
@@ -51,9 +51,9 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
     fp = stage_fingerprint(cfg, "query-target", rows)
     done = reuse_finished(out_dir, fp, cfg)
     if done is not None:
-        return done
+        return report_stage("query-target", done, cfg, summary(done))
     pipeline = build_pipeline(cfg, rows)
-    result = reorder(run_pipeline(pipeline, cfg), [r["id"] for r in rows])
+    result = reorder(run_pipeline(pipeline, cfg, "query-target"), [r["id"] for r in rows])
     crashed_rows(result, "query_attempts", "query_error")
     for r in result:
         if r.get("query_attempts") is None:
@@ -86,7 +86,16 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
     write_stage_card(out_dir, "query-target", cfg, stats, {"target": len(ok), "failures": len(failed)})
     if not failed:  # failed rows (e.g. retries exhausted, budget) are retried by the next run
         mark_finished(out_dir, fp, stats)
-    return stats
+    return report_stage("query-target", stats, cfg, summary(stats))
+
+
+def summary(stats: dict) -> str:
+    """The stage's key counts for its console line."""
+    text = (f"{stats['rows_out']:,} of {stats['rows_in']:,} rows answered · {stats['failures']:,} failed · "
+            f"${stats.get('new_cost_usd') or 0:.4f} paid")
+    if stats.get("retried_requests"):
+        text += f" · {stats['retried_recovered']:,}/{stats['retried_requests']:,} retries recovered"
+    return text
 
 
 def dry_run(cfg: RunConfig, rows: list[dict]) -> dict:

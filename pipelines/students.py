@@ -14,8 +14,8 @@ from typing import Optional
 
 from trace_inversion.config import RunConfig
 from trace_inversion.io import read_split, write_json, write_split
-from trace_inversion.pipelines.common import (distilabel_cache, mark_finished, reorder, reuse_finished,
-                                             run_distiset, stage_fingerprint)
+from trace_inversion.pipelines.common import (distilabel_cache, mark_finished, reorder, report_stage,
+                                             reuse_finished, run_distiset, stage_fingerprint)
 
 DEFAULT_CONDITIONS = ["answer_only", "summary_answer", "surrogate_traces", "inverted_unfiltered",
                       "inverted_verified", "target_traces"]
@@ -48,18 +48,21 @@ def run_student_data(cfg: RunConfig, target_dir: Path, surrogate_dir: Optional[P
 
     from trace_inversion.steps.student_format import FormatStudentSFT
 
+    import time
+
+    t0 = time.time()
     conditions = conditions or DEFAULT_CONDITIONS
     rows = join_sources(Path(target_dir), surrogate_dir and Path(surrogate_dir), inversion_dir and Path(inversion_dir))
     out_dir = Path(cfg.output.dir) / stage
     fp = stage_fingerprint(cfg, "student-data", rows, conditions=conditions)
     done = reuse_finished(out_dir, fp)
     if done is not None:
-        return done
+        return report_stage(stage.replace("_", "-"), done, cfg, summary(done))
     with Pipeline(name=f"student-data-{cfg.name}", cache_dir=distilabel_cache(cfg)) as pipeline:
         load = LoadDataFromDicts(name="load_rows", data=rows, batch_size=512)
         for c in conditions:
             load >> FormatStudentSFT(name=f"format_{c}", condition=c, input_batch_size=512)
-    distiset = run_distiset(pipeline, cfg)
+    distiset = run_distiset(pipeline, cfg, stage.replace("_", "-"))
     counts = {}
     for c in conditions:
         result = reorder(distiset[f"format_{c}"]["train"].to_list(), [r["id"] for r in rows])
@@ -67,10 +70,15 @@ def run_student_data(cfg: RunConfig, target_dir: Path, surrogate_dir: Optional[P
         counts[c] = len(kept)
         if kept:
             write_split(out_dir, c, kept)
-    stats = {"rows": len(rows), "conditions": counts, "output_dir": str(out_dir)}
+    stats = {"rows": len(rows), "conditions": counts, "output_dir": str(out_dir), "seconds": round(time.time() - t0, 2)}
     write_json(stats, out_dir / "stats.json")
     from trace_inversion.hub_cards.card import write_stage_card
 
     write_stage_card(out_dir, "student-data", cfg, stats, counts)
     mark_finished(out_dir, fp, stats)
-    return stats
+    return report_stage(stage.replace("_", "-"), stats, cfg, summary(stats))
+
+
+def summary(stats: dict) -> str:
+    """The stage's key counts for its console line."""
+    return f"{stats['rows']:,} rows · " + ", ".join(f"{c} {n:,}" for c, n in stats["conditions"].items())

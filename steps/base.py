@@ -29,11 +29,14 @@ class ModelStep(Step):
     total_rows: Optional[int] = Field(None, description="For the progress bar.")
     max_model_len: Optional[int] = None
     retry_failed: bool = Field(False, description="Re-request the rows whose cached result is a content failure.")
+    progress_dir: Optional[str] = Field(None, description="Where the step reports its progress for the console.")
 
     _gen: Any = PrivateAttr(None)
     _bar: Any = PrivateAttr(None)
     _seconds: float = PrivateAttr(0.0)
     _retried: int = PrivateAttr(0)
+    _done: int = PrivateAttr(0)
+    _failed: int = PrivateAttr(0)
     _recovered: int = PrivateAttr(0)
     progress_label: str = "generate"
 
@@ -96,11 +99,12 @@ class ModelStep(Step):
         content failures. Each request replays the newest retry the cache holds; with
         ``retry_failed``, a content failure is requested again as the next retry
         number (a new cache key): exactly the failed rows are re-requested."""
-        from tqdm.auto import tqdm
-
         from trace_inversion.clients import CallResult
+        from trace_inversion.console import verbose, write_progress
 
-        if self._bar is None:
+        if self._bar is None and verbose():  # else the console draws one line per stage
+            from tqdm.auto import tqdm
+
             self._bar = tqdm(total=self.total_rows, desc=self.progress_label, unit="row", dynamic_ncols=True)
         import time
 
@@ -121,7 +125,12 @@ class ModelStep(Step):
         except Exception as e:
             results = [CallResult(False, error=f"internal error: {type(e).__name__}: {e}")] * len(conversations)
         self._seconds += time.monotonic() - t0
-        self._bar.update(len(conversations))
         u = self._gen.usage
-        self._bar.set_postfix(cost=f"${u.cost_usd:.4f}", cached=u.cached_requests)
+        self._done += len(conversations)
+        self._failed += sum(1 for r in results if not r.ok)
+        write_progress(self.progress_dir, self.name, self.progress_label, self._done, self.total_rows, self._failed,
+                       u.cost_usd)
+        if self._bar is not None:
+            self._bar.update(len(conversations))
+            self._bar.set_postfix(cost=f"${u.cost_usd:.4f}", cached=u.cached_requests)
         return results
