@@ -1,8 +1,8 @@
 .PHONY: setup demo test test-fast bench
 setup:      ## create .venv with everything installed
 	bash scripts/setup_env.sh
-demo:       ## the main job: the toy-world demo, offline, CPU, no key
-	bash scripts/demo.sh
+demo:       ## the main job: the toy-world demo, offline, CPU, no key (extra flags: make demo ARGS="...")
+	bash scripts/demo.sh $(ARGS)
 test:       ## every test tier (what CI runs)
 	bash scripts/test.sh
 test-fast:  ## unit tests only

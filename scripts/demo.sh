@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/trace-inversion demo "$@"
+# Output goes to runs/demo (ignored by git); nothing else in the checkout is written.
+exec "${VENV:-.venv}/bin/trace-inversion" demo "$@"
