@@ -118,7 +118,16 @@ def student_messages(problem: str, reasoning: Optional[str], answer: str) -> lis
 
 
 def final_answer_text(output: Optional[str]) -> Optional[str]:
-    """The part of a student's output that states the answer (after ``</think>``)."""
+    """The part of a student's output that states the answer (after ``</think>``).
+
+    An output without any think tags is its own answer (the answer-only condition). An
+    output that opens ``<think>`` and never closes it was cut off inside its reasoning:
+    it has no answer (None), so evaluation never credits a number from unfinished
+    reasoning."""
     if output is None:
         return None
-    return output.split("</think>", 1)[1] if "</think>" in output else output
+    if "</think>" in output:
+        return output.split("</think>", 1)[1]
+    if "<think>" in output:
+        return None
+    return output
