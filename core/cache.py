@@ -1,8 +1,9 @@
 """The request cache: every model call in the project goes through it.
 
 A request is keyed by a SHA-256 of its canonical JSON: backend, model, the prompt or
-messages, the sampling parameters and the sample count (never the API key or the
-server URL: the same request to the same model is the same request). Each finished
+messages, the sampling parameters and the sample count, plus the server (``base_url``,
+when one is named) and a declared ``model_revision``, so a retrained checkpoint served
+under the same name elsewhere never replays the old model's outputs (never the API key). Each finished
 response is committed in its own SQLite transaction (WAL journal), so a crash or
 SIGKILL at any moment loses at most the requests that were in flight; running the
 same command again replays every finished request from the cache and pays for none.
@@ -42,7 +43,9 @@ def canonical_json(obj: Any) -> str:
 
 def request_key(backend: str, model: str, payload: dict) -> str:
     """Hash of (backend, model, payload). ``payload`` holds the prompt or messages,
-    the sampling parameters (None values dropped) and the sample count."""
+    the sampling parameters (None values dropped), the sample count and, for API
+    clients, ``server`` (the base_url when one is named) and ``model_revision`` (when
+    declared); absent or None keys leave the hash of older payloads unchanged."""
     clean = {k: v for k, v in payload.items() if v is not None}
     if isinstance(clean.get("params"), dict):
         clean["params"] = {k: v for k, v in clean["params"].items() if v is not None}
@@ -173,6 +176,140 @@ class RequestCache:
         response = self.clean(await fn())
         self.put(key, backend, model, payload, response)
         return response, False
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+# ----------------------------------------------------------------------------- budget ledger
+LEDGER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS budget_ledger (
+    scope TEXT PRIMARY KEY,
+    cap_nusd INTEGER NOT NULL,
+    spent_nusd INTEGER NOT NULL DEFAULT 0,
+    reserved_nusd INTEGER NOT NULL DEFAULT 0,
+    refused INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL
+);
+"""
+NANO = 1_000_000_000  # amounts are integer nano-dollars: exact sums across processes
+
+
+def to_nusd(usd: float, up: bool = False) -> int:
+    import math
+
+    v = usd * NANO
+    return int(math.ceil(v - 1e-6)) if up else int(round(v))
+
+
+class BudgetLedger:
+    """One spending cap for a whole run, shared by every process and replica through a
+    table in the request-cache SQLite file (``scope``: the run's name for it).
+
+    Each change is one ``BEGIN IMMEDIATE`` transaction (SQLite's write lock), so the
+    check "spent + reserved + this reservation <= cap" and the reservation itself are
+    atomic across processes. ``try_reserve`` answers ``ok``, ``wait`` (other requests
+    in flight hold reservations that may come back) or ``refuse`` (even with nothing in
+    flight this request could exceed the cap).
+    """
+
+    def __init__(self, path: str | os.PathLike, scope: str):
+        self.path = Path(path)
+        self.scope = scope
+        self._local = threading.local()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __getstate__(self) -> dict:
+        return {"path": str(self.path), "scope": self.scope}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["scope"])
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=60000")
+            _enable_wal(conn)
+            # No fsync per commit (WAL + NORMAL): a ledger transaction holds SQLite's write
+            # lock for microseconds, so the processes of a run take turns fairly. A crash can
+            # lose the last updates, but each run opens its scope afresh.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(LEDGER_SCHEMA)
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _txn(self, fn):
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return out
+
+    def open(self, cap_usd: float) -> None:
+        """Start the scope afresh (the run's driver, before any step runs): cap set, nothing
+        spent or reserved. A budget counts new spending in this run; replays are free."""
+        self._txn(lambda c: c.execute(
+            "INSERT OR REPLACE INTO budget_ledger (scope, cap_nusd, spent_nusd, reserved_nusd, refused, attempts, updated)"
+            " VALUES (?, ?, 0, 0, 0, 0, ?)", (self.scope, to_nusd(cap_usd), time.time())))
+
+    def ensure(self, cap_usd: float) -> None:
+        """Join the scope, creating it if no driver opened it (a step used on its own)."""
+        self._txn(lambda c: c.execute(
+            "INSERT OR IGNORE INTO budget_ledger (scope, cap_nusd, spent_nusd, reserved_nusd, refused, attempts, updated)"
+            " VALUES (?, ?, 0, 0, 0, 0, ?)", (self.scope, to_nusd(cap_usd), time.time())))
+
+    def try_reserve(self, amount_nusd: int) -> str:
+        # A read first (WAL readers take no lock): a request that has to wait polls without
+        # taking SQLite's write lock from the processes that can go ahead.
+        row = self._conn().execute("SELECT cap_nusd, spent_nusd, reserved_nusd FROM budget_ledger WHERE scope = ?",
+                                   (self.scope,)).fetchone()
+        if row is not None and row[1] + row[2] + amount_nusd > row[0] and row[1] + amount_nusd <= row[0]:
+            return "wait"
+
+        def go(c):
+            row = c.execute("SELECT cap_nusd, spent_nusd, reserved_nusd FROM budget_ledger WHERE scope = ?",
+                            (self.scope,)).fetchone()
+            if row is None:
+                raise RuntimeError(f"budget ledger scope {self.scope!r} was never opened")
+            cap, spent, reserved = row
+            if spent + reserved + amount_nusd <= cap:
+                c.execute("UPDATE budget_ledger SET reserved_nusd = reserved_nusd + ?, attempts = attempts + 1, "
+                          "updated = ? WHERE scope = ?", (amount_nusd, time.time(), self.scope))
+                return "ok"
+            if spent + amount_nusd > cap:
+                c.execute("UPDATE budget_ledger SET refused = refused + 1, updated = ? WHERE scope = ?",
+                          (time.time(), self.scope))
+                return "refuse"
+            return "wait"
+        return self._txn(go)
+
+    def refuse(self) -> None:
+        self._txn(lambda c: c.execute("UPDATE budget_ledger SET refused = refused + 1, updated = ? WHERE scope = ?",
+                                      (time.time(), self.scope)))
+
+    def settle(self, reserved_nusd: int, counted_nusd: int) -> None:
+        """Release a reservation and record what the attempt cost (0 when not billed)."""
+        self._txn(lambda c: c.execute(
+            "UPDATE budget_ledger SET reserved_nusd = reserved_nusd - ?, spent_nusd = spent_nusd + ?, updated = ? "
+            "WHERE scope = ?", (reserved_nusd, counted_nusd, time.time(), self.scope)))
+
+    def state(self) -> dict:
+        row = self._conn().execute("SELECT cap_nusd, spent_nusd, reserved_nusd, refused, attempts FROM budget_ledger "
+                                   "WHERE scope = ?", (self.scope,)).fetchone()
+        if row is None:
+            return {}
+        cap, spent, reserved, refused, attempts = row
+        return {"cap_usd": cap / NANO, "spent_usd": spent / NANO, "reserved_usd": reserved / NANO,
+                "refused": refused, "attempts": attempts}
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -59,7 +59,17 @@ def _config_from(args) -> RunConfig:
         overrides = deep_merge(overrides, {"runtime": {"ray": True}})
     if getattr(args, "retry_failed", False):
         overrides = deep_merge(overrides, {"runtime": {"retry_failed": True}})
-    return load_config(args.config, overrides or None)
+    cfg = load_config(args.config, overrides or None)
+    from .data import check_local_models
+
+    # the local model folders this command runs exist, before any call (data.looks_like_local_path)
+    check_local_models(cfg, STAGE_ROLES.get(getattr(args, "command", None), ()))
+    return cfg
+
+
+# The model roles each pipeline command runs (student-data adds the surrogate with --run-surrogate).
+STAGE_ROLES = {"query-target": ("target",), "build-inverter-data": ("surrogate", "compressor"),
+               "invert": ("inverter", "judge")}
 
 
 def _console(args) -> None:
@@ -81,13 +91,13 @@ def cmd_query_target(args) -> int:
     from .data import load_rows
     from trace_inversion.pipelines.query_target import run_query_target
 
-    rows = load_rows(cfg.data, args.split)
+    rows = load_rows(cfg.data, args.split)  # --split overrides data.split only when given
     if args.dry_run:
         from trace_inversion.pipelines.query_target import dry_run
 
-        print(json.dumps(dry_run(cfg, rows), indent=2))
+        print(json.dumps(dry_run(cfg, rows, sample=args.sample), indent=2))
         return 0
-    stats = run_query_target(cfg, rows, args.split)
+    stats = run_query_target(cfg, rows, args.split or cfg.data.split)
     print(json.dumps(stats, indent=2))
     return 0
 
@@ -132,13 +142,27 @@ def cmd_train(args) -> int:
     overrides = {"model_name_or_path": args.model, "dataset_name": args.data, "output_dir": args.output}
     if args.data_config:
         overrides["dataset_config"] = args.data_config
+    if args.accelerate_config:  # "none" removes the recipe's default (see training.resolve_recipe)
+        overrides["accelerate_config"] = args.accelerate_config
+    if args.num_processes is not None:
+        if args.num_processes < 1:
+            print("error: --num-processes must be >= 1", file=sys.stderr)
+            return 2
+        overrides["num_processes"] = args.num_processes
     for item in args.overrides:
         k, _, v = item.partition("=")
         import yaml
 
         overrides[k.strip()] = yaml.safe_load(v)
     # the resolved recipe and the training log live inside the folder the user named
-    res = run_sft(args.recipe, overrides, Path(args.output) / "trace-inversion-run")
+    run_dir = Path(args.output) / "trace-inversion-run"
+    print(f"training: trl sft --config {run_dir / 'recipe.resolved.yaml'} (log: {run_dir / 'train.log'})",
+          file=sys.stderr)
+    try:
+        res = run_sft(args.recipe, overrides, run_dir)
+    except (FileNotFoundError, ValueError) as e:  # a recipe or accelerate config that cannot run
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     losses = [l["loss"] for l in res["losses"] if "loss" in l]
     print(json.dumps({"output_dir": res["output_dir"], "seconds": res["seconds"], "logged_steps": len(losses),
                       "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None},
@@ -173,14 +197,41 @@ def cmd_demo(args) -> int:
 
 def cmd_student_data(args) -> int:
     cfg = _config_from(args)
-    _claim(cfg.output.dir, args)
-    from trace_inversion.pipelines.students import DEFAULT_CONDITIONS, run_student_data
+    run_surrogate = args.run_surrogate or cfg.students.run_surrogate
+    if run_surrogate:
+        from trace_inversion.pipelines.common import require_models
 
+        from .data import check_local_models
+
+        if args.surrogate:
+            raise UserError("--surrogate and --run-surrogate both name the surrogate traces; fix: give one")
+        require_models(cfg, "surrogate")
+        check_local_models(cfg, ("surrogate",))
     base = Path(cfg.output.dir)
-    stats = run_student_data(cfg, Path(args.target or base / "target_query"),
-                             Path(args.surrogate) if args.surrogate else (base / "surrogate_on_targets" if (base / "surrogate_on_targets").exists() else None),
-                             Path(args.inversion or base / "inversion"),
+    target = Path(args.target or base / "target_query")
+    if not (target / "data" / "target").is_dir():
+        raise UserError(f"{target} holds no query-target output (data/target); fix: run query-target first, "
+                        "or pass --target FOLDER")
+    inversion = Path(args.inversion) if args.inversion else base / "inversion"
+    if not inversion.exists():
+        if args.inversion:
+            raise UserError(f"--inversion {inversion} does not exist; fix: run invert first, or check the path")
+        inversion = None  # the conditions without inversion still build
+    _claim(cfg.output.dir, args)
+    from trace_inversion.pipelines.students import (DEFAULT_CONDITIONS, SURROGATE_STAGE, run_student_data,
+                                                    run_surrogate_on_targets)
+
+    if run_surrogate:  # the surrogate on the target's own problems: the surrogate_traces condition
+        run_surrogate_on_targets(cfg, target)
+        surrogate = base / SURROGATE_STAGE
+    elif args.surrogate:
+        surrogate = Path(args.surrogate)
+    else:
+        surrogate = base / SURROGATE_STAGE if (base / SURROGATE_STAGE / "data" / "traces").is_dir() else None
+    stats = run_student_data(cfg, target, surrogate, inversion,
                              args.conditions.split(",") if args.conditions else DEFAULT_CONDITIONS)
+    for c, why in (stats.get("empty") or {}).items():
+        print(f"note: condition {c} is empty: {why}", file=sys.stderr)
     print(json.dumps(stats, indent=2))
     return 0
 
@@ -198,8 +249,8 @@ def cmd_evaluate(args) -> int:
         rows = load_rows(data, "test")
         ref = "reference_answer"
     else:
-        data = DataConfig(source=args.benchmark, split=args.split, problem_column=args.problem_column,
-                          id_column=args.id_column, limit=args.limit)
+        data = DataConfig(source=args.benchmark, split=args.split, subset=args.subset,
+                          problem_column=args.problem_column, id_column=args.id_column, limit=args.limit)
         rows = load_rows(data, args.split)
         ref = args.answer_column
         missing = [r["id"] for r in rows if r.get(ref) in (None, "")]
@@ -246,7 +297,7 @@ def cmd_review(args) -> int:
         client = review.client_from_env(args.api_url, args.key_env)
         if args.action == "push":
             out = review.push_for_review(args.folder, args.dataset, client, args.workspace, args.sample, args.seed,
-                                         min_submitted=args.reviewers_per_record)
+                                         min_submitted=args.reviewers_per_record, suggestions=not args.blind)
         else:
             if not args.out:
                 print("error: review pull needs --out (the reviewed release folder to write)", file=sys.stderr)
@@ -332,9 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Query the target model (toy, OpenAI Responses API or an OpenAI-compatible "
                                    "server) for each problem, through the request cache; a rerun pays nothing twice.")
     _add_config_args(p)
-    p.add_argument("--split", default="train", help="input split (toy: train or test)")
+    p.add_argument("--split", help="input split (default: the config's data.split; toy: train or test)")
     p.add_argument("--dry-run", action="store_true",
-                   help="query only a sample (query.dry_run_sample rows) and estimate the cost of the whole set")
+                   help="estimate the cost before any call: the worst case the budget would reserve (input bound x "
+                        "input price + output cap x output price per row) and, from responses already cached, the "
+                        "expected cost; sends nothing")
+    p.add_argument("--sample", action="store_true",
+                   help="with --dry-run: first query query.dry_run_sample rows (paid once, replayed by the real run) "
+                        "to measure the expected cost")
     p.set_defaults(func=cmd_query_target)
 
     p = sub.add_parser("build-inverter-data",
@@ -343,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "target's style (bubbles/recap/prompt file), and write the inverter's SFT data "
                                    "with and without summaries, plus a summary style report.")
     _add_config_args(p)
-    p.add_argument("--split", default="train", help="input split (toy: train or test)")
+    p.add_argument("--split", help="input split (default: the config's data.split; toy: train, test or attacker)")
     p.set_defaults(func=cmd_build_inverter_data)
 
     p = sub.add_parser("invert", help="pipeline: write full traces from target answers + summaries, verified",
@@ -364,16 +420,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="output folder for the trained model")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set max_steps=50")
+    p.add_argument("--accelerate-config", metavar="PATH|NAME|none",
+                   help="accelerate config for `accelerate launch` (a file, a packaged one such as "
+                        "recipes/accelerate/deepspeed_zero3.yaml, or a TRL name such as zero3/fsdp2); default: the "
+                        "recipe's accelerate_config (DeepSpeed ZeRO-3 for the 7-8B recipes); none: one process")
+    p.add_argument("--num-processes", type=int, metavar="N",
+                   help="processes (GPUs) to launch (default: the accelerate config's, 8 for ZeRO-3 recipes)")
     p.add_argument("--list", action="store_true", help="list packaged recipes")
     _add_force(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("student-data", help="pipeline: build the paper's student conditions from stage outputs",
                        description="Join target answers/summaries/traces, surrogate traces and inverted traces by "
-                                   "row id and write one TRL conversational config per condition.")
+                                   "row id and write one TRL conversational config per condition, plus "
+                                   "<condition>_matched (the rows every non-empty condition shares).")
     _add_config_args(p)
     p.add_argument("--target", help="query-target folder (default <output.dir>/target_query)")
-    p.add_argument("--surrogate", help="folder with a `traces` config of surrogate traces on the same problems")
+    p.add_argument("--surrogate", help="folder with a `traces` config of surrogate traces on the same problems "
+                                       "(default <output.dir>/surrogate_on_targets when it exists)")
+    p.add_argument("--run-surrogate", action="store_true",
+                   help="first run models.surrogate on the target's problems (-> <output.dir>/surrogate_on_targets; "
+                        "same as students.run_surrogate: true): the data of the surrogate_traces condition")
     p.add_argument("--inversion", help="invert folder (default <output.dir>/inversion)")
     p.add_argument("--conditions", help="comma-separated subset of conditions")
     p.set_defaults(func=cmd_student_data)
@@ -385,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--benchmark", default="toy", help="toy | FILE | Hub id")
     p.add_argument("--split", default="test")
+    p.add_argument("--subset", help="Hub dataset subset (config name), e.g. main for openai/gsm8k")
     p.add_argument("--problem-column", default="problem")
     p.add_argument("--answer-column", default="answer")
     p.add_argument("--id-column", default="unique_id")
@@ -422,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["push", "pull", "serve"])
     p.add_argument("folder", help="push/pull: an inversion output or release folder; serve: the stack's workdir")
     p.add_argument("--dataset", default="trace-inversion-review", help="Argilla dataset name")
+    p.add_argument("--blind", action="store_true",
+                   help="push: no pre-filled verifier suggestions (reviewers are not anchored by the verdicts)")
     p.add_argument("--workspace", help="Argilla workspace (default: the first one)")
     p.add_argument("--sample", type=int, help="push only a seeded sample of N rows")
     p.add_argument("--seed", type=int, default=0)

@@ -58,21 +58,76 @@ class _Strict(BaseModel):
         return data
 
 
-class SamplingConfig(_Strict):
-    """Decoding parameters. Defaults are the paper's inversion decoding."""
+# The paper's inversion decoding: the preset of every local role (toy, vllm, transformers).
+PAPER_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.05, "max_new_tokens": 8192}
+LOCAL_BACKENDS = ("toy", "vllm", "transformers")
+API_BACKENDS = ("openai-responses", "openai-chat")
+# What a reasoning target may write before it answers: the Responses API output cap when
+# max_new_tokens is unset (8192 truncated medium-effort reasoning; unset = the model's maximum).
+DEFAULT_REASONING_MAX_OUTPUT = 32768
+# OpenAI's hosted reasoning models (o-series, gpt-5*) accept no sampling parameters.
+_OPENAI_REASONING = re.compile(r"^(?:ft:)?(?:openai/)?(?:o[1-9](?:-|$)|gpt-5(?!-chat))")
+# Request fields the OpenAI services accept (the SDK's create() parameters); anything else is a 400
+# "Unrecognized request argument". The client manages the ones in _MANAGED itself.
+OPENAI_RESPONSES_FIELDS = frozenset((
+    "access_programs", "background", "background_options", "context_management", "image", "moderation",
+    "prompt_cache_options", "conversation", "include", "input", "instructions", "max_output_tokens",
+    "max_tool_calls", "metadata", "model", "parallel_tool_calls", "previous_response_id", "prompt", "prompt_cache_key",
+    "prompt_cache_retention", "reasoning", "safety_identifier", "service_tier", "store", "stream", "stream_options",
+    "temperature", "text", "tool_choice", "tools", "top_logprobs", "top_p", "truncation", "user"))
+OPENAI_CHAT_FIELDS = frozenset((
+    "messages", "model", "moderation", "prompt_cache_options", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls", "prediction",
+    "presence_penalty", "prompt_cache_key", "prompt_cache_retention", "reasoning_effort", "response_format",
+    "safety_identifier", "seed", "service_tier", "stop", "store", "stream", "stream_options", "temperature",
+    "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity", "web_search_options"))
+_MANAGED = {"model": "model", "messages": "the problem", "input": "the problem", "temperature": "sampling.temperature",
+            "top_p": "sampling.top_p", "max_tokens": "sampling.max_new_tokens",
+            "max_completion_tokens": "sampling.max_new_tokens", "max_output_tokens": "sampling.max_new_tokens",
+            "n": "sampling.n", "seed": "sampling.seed", "store": "store", "reasoning": "reasoning_effort/reasoning_summary",
+            "stream": "(streaming is not supported)"}
 
-    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
-    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    top_k: int = Field(50, description="Top-k sampling; -1 disables it.")
-    repetition_penalty: float = Field(1.05, gt=0.0, le=2.0, description="vLLM/transformers repetition penalty.")
-    max_new_tokens: int = Field(8192, ge=1, le=262144, description="Generation length cap in tokens.")
+
+def is_openai_reasoning_model(model: str) -> bool:
+    """o-series and gpt-5* (not gpt-5-chat): OpenAI's reasoning models, which reject sampling parameters."""
+    return bool(_OPENAI_REASONING.match(model.strip().lower()))
+
+
+def is_openai_url(url: Optional[str]) -> bool:
+    """None (the SDK's default) or a URL on api.openai.com."""
+    if url is None:
+        return True
+    host = re.sub(r"^https?://", "", url).split("/", 1)[0].split(":", 1)[0].lower()
+    return host == "api.openai.com"
+
+
+class SamplingConfig(_Strict):
+    """Decoding parameters. Unset (null) fields: local roles (toy, vllm, transformers) get the
+    paper's inversion decoding (temperature 0.7, top_p 0.9, top_k 50, repetition_penalty 1.05,
+    max_new_tokens 8192); API targets (openai-responses, openai-chat) are sent only the fields
+    you set, and only those their API accepts."""
+
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy. "
+                                         "Local roles: 0.7 when unset; API targets: not sent unless set (OpenAI "
+                                         "reasoning models accept none).")
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass. Local roles: 0.9 "
+                                   "when unset; API targets: not sent unless set.")
+    top_k: Optional[int] = Field(None, description="Top-k sampling; -1 disables it. Local roles: 50 when unset. "
+                                 "Not an OpenAI API parameter: for a vLLM/SGLang server use extra_body.")
+    repetition_penalty: Optional[float] = Field(None, gt=0.0, le=2.0, description="vLLM/transformers repetition "
+                                                "penalty; local roles: 1.05 when unset. Not an OpenAI API "
+                                                "parameter: for a vLLM/SGLang server use extra_body.")
+    max_new_tokens: Optional[int] = Field(None, ge=1, le=262144, description="Generation length cap in tokens. "
+                                          "Local roles: 8192 when unset; openai-responses: max_output_tokens, "
+                                          "32768 when unset (room for reasoning); openai-chat: not sent unless set "
+                                          "(OpenAI reasoning models: max_completion_tokens, 32768 when unset).")
     n: int = Field(1, ge=1, le=64, description="Samples per request.")
     seed: Optional[int] = Field(None, ge=0, description="Sampling seed (part of the cache key).")
 
     @field_validator("top_k")
     @classmethod
-    def _top_k(cls, v: int) -> int:
-        if v == 0 or v < -1:
+    def _top_k(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None and (v == 0 or v < -1):
             raise ValueError(f"top_k must be -1 (disabled) or >= 1, got {v}; fix: use -1 or a positive integer")
         return v
 
@@ -100,7 +155,27 @@ class ModelConfig(_Strict):
     max_retries: int = Field(6, ge=0, le=50, description="Retries on 429/5xx/timeouts.")
     price_input_per_mtok: float = Field(0.0, ge=0, description="USD per million input tokens.")
     price_output_per_mtok: float = Field(0.0, ge=0, description="USD per million output (incl. reasoning) tokens.")
+    price_cached_input_per_mtok: Optional[float] = Field(
+        None, ge=0, description="USD per million cached input tokens (usage input_tokens_details.cached_tokens / "
+        "prompt_tokens_details.cached_tokens); unset: the input price.")
     tensor_parallel_size: int = Field(1, ge=1, le=64, description="vLLM tensor parallelism.")
+    model_revision: Optional[str] = Field(
+        None, description="A revision you declare for the model (a snapshot date, a checkpoint hash): part of every "
+        "request key, so a retrained checkpoint served under the same name never replays the old one's outputs.")
+    reasoning_field: Optional[Literal["summary", "trace", "none"]] = Field(
+        None, description="What the API's reasoning field holds: summary (target_summary; the default for "
+        "openai-responses, whose reasoning summary parts are summaries), trace (target_trace: a full chain of "
+        "thought, the default for openai-chat, whose reasoning_content from DeepSeek or a vLLM/SGLang reasoning "
+        "parser is the whole reasoning), none (ignore it).")
+    store: Optional[bool] = Field(None, description="openai-responses: let OpenAI store the response (sent; default "
+                                  "false). openai-chat: sent only when set.")
+    extra_body: Optional[dict[str, Any]] = Field(
+        None, description="Extra request fields for an OpenAI-compatible server that accepts them (vLLM/SGLang: "
+        "top_k, min_p, repetition_penalty, chat_template_kwargs, ...), sent as given. api.openai.com rejects fields "
+        "it does not know, so there only fields of its API are allowed.")
+    max_retry_wait_s: float = Field(600.0, ge=0, le=86400, description="Longest wait a server's Retry-After "
+                                    "(seconds, HTTP date or retry-after-ms) is honoured for; a request asked to "
+                                    "wait longer fails with the reason (a plain rerun sends it again).")
 
     @field_validator("base_url")
     @classmethod
@@ -129,11 +204,93 @@ class ModelConfig(_Strict):
             raise ValueError(f"model folder {self.model!r} does not exist; fix: point model at a saved model folder or a Hub id")
         if self.backend not in ("openai-responses",) and (self.reasoning_effort or self.reasoning_summary):
             raise ValueError("reasoning_effort/reasoning_summary apply only to backend openai-responses; fix: remove them")
+        if self.backend not in API_BACKENDS:
+            for name in ("reasoning_field", "store", "extra_body"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} applies only to the openai-responses and openai-chat backends; "
+                                     "fix: remove it")
+        else:
+            problems = api_sampling_problems(self)
+            if problems:
+                raise ValueError("\n".join(problems))  # one line per problem (format_validation_error)
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_presets(cls, data: Any) -> Any:
+        """Local roles decode with the paper's presets wherever a field is unset; API targets
+        keep unset fields unset (None: not sent)."""
+        if not isinstance(data, dict) or data.get("backend") not in LOCAL_BACKENDS:
+            return data
+        s = data.get("sampling")
+        if isinstance(s, SamplingConfig):
+            s = s.model_dump(exclude_none=True)
+        if s is None:
+            s = {}
+        if not isinstance(s, dict):
+            return data  # a type error pydantic reports
+        return {**data, "sampling": {**PAPER_SAMPLING, **{k: v for k, v in s.items() if v is not None}}}
 
     def api_key(self) -> Optional[str]:
         """The key, read from the environment at call time (never stored)."""
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    @property
+    def reasoning_kind(self) -> str:
+        """What the API's reasoning field holds (``reasoning_field`` or the backend's default)."""
+        if self.reasoning_field:
+            return self.reasoning_field
+        return "trace" if self.backend == "openai-chat" else "summary"
+
+    @property
+    def is_reasoning_model(self) -> bool:
+        return self.backend in API_BACKENDS and is_openai_reasoning_model(self.model)
+
+    def max_output_tokens(self) -> Optional[int]:
+        """The output-token cap sent with each request (None: none sent, the server's own).
+        Local roles: sampling.max_new_tokens. openai-responses, and OpenAI reasoning models over
+        chat: max_new_tokens, else DEFAULT_REASONING_MAX_OUTPUT. openai-chat: max_new_tokens."""
+        if self.sampling.max_new_tokens is not None:
+            return self.sampling.max_new_tokens
+        if self.backend == "openai-responses" or self.is_reasoning_model:
+            return DEFAULT_REASONING_MAX_OUTPUT
+        return None
+
+
+def api_sampling_problems(m: "ModelConfig") -> list[str]:
+    """Why an API target's request would be rejected (400) by its service: every problem,
+    naming the field and the fix, found before any call is paid."""
+    s, out = m.sampling, []
+    api = "Responses API" if m.backend == "openai-responses" else "OpenAI chat API"
+    for name, neutral in (("top_k", -1), ("repetition_penalty", 1.0)):
+        v = getattr(s, name)
+        if v is not None and v != neutral:
+            fix = ("remove it" if m.backend == "openai-responses" else
+                   f"remove it, or for a vLLM/SGLang server that accepts it put it in extra_body: {{{name}: {v}}}")
+            out.append(f"sampling.{name} is not a parameter of the {api} (it answers 400 'Unrecognized request "
+                       f"argument'); fix: {fix}")
+    if m.backend == "openai-responses":
+        if s.seed is not None:
+            out.append("sampling.seed is not a parameter of the Responses API; fix: remove it")
+        if s.n != 1:
+            out.append(f"sampling.n={s.n}: the Responses API returns one sample per request; fix: remove it (n: 1)")
+        if s.max_new_tokens is not None and s.max_new_tokens < 16:
+            out.append(f"sampling.max_new_tokens={s.max_new_tokens}: the Responses API's max_output_tokens must be "
+                       ">= 16; fix: raise it")
+    if is_openai_reasoning_model(m.model):
+        for name in ("temperature", "top_p"):
+            if getattr(s, name) is not None:
+                out.append(f"sampling.{name}: {m.model} is an OpenAI reasoning model, which rejects {name} (400 "
+                           "'Unsupported parameter'); fix: remove it (reasoning_effort steers these models)")
+    if m.extra_body:
+        allowed = OPENAI_RESPONSES_FIELDS if m.backend == "openai-responses" else OPENAI_CHAT_FIELDS
+        for k in m.extra_body:
+            if k in _MANAGED:
+                out.append(f"extra_body.{k} is set by the client; fix: use {_MANAGED[k]} instead")
+            elif is_openai_url(m.base_url) and k not in allowed:
+                out.append(f"extra_body.{k}: api.openai.com rejects fields it does not know (400 'Unrecognized "
+                           f"request argument'); fix: remove it (extra fields are for vLLM/SGLang servers)")
+    return out
 
 
 class ToyWorldConfig(_Strict):
@@ -170,7 +327,10 @@ class DataConfig(_Strict):
     """Where problems come from."""
 
     source: str = Field("toy", description="'toy', a local .parquet/.jsonl/.json/.csv file, or a Hub dataset id.")
-    split: str = Field("train", description="Split to read for Hub/local datasets.")
+    split: str = Field("train", description="Split to read for Hub datasets (toy: train, test or attacker); the "
+                       "commands' --split overrides it only when given.")
+    subset: Optional[str] = Field(None, min_length=1, description="Hub dataset subset (config name), e.g. 'main' "
+                                  "for openai/gsm8k; passed to datasets.load_dataset.")
     problem_column: str = Field("problem", min_length=1, description="Column holding the problem text.")
     id_column: Optional[str] = Field("id", description="Column with a unique row id (None: row index).")
     limit: Optional[int] = Field(None, ge=1, description="Use only the first N rows.")
@@ -192,6 +352,13 @@ class DataConfig(_Strict):
         if not p.exists():
             raise ValueError(f"source file {v!r} does not exist; fix: check the path (relative paths start at the working directory)")
         return v
+
+    @model_validator(mode="after")
+    def _subset_is_for_hub(self) -> "DataConfig":
+        if self.subset is not None and (self.source == "toy" or Path(self.source).suffix in DATA_SUFFIXES):
+            raise ValueError(f"subset {self.subset!r} applies only to Hub datasets, and source is {self.source!r}; "
+                             "fix: remove data.subset, or set data.source to a Hub id such as openai/gsm8k")
+        return self
 
 
 class OutputConfig(_Strict):
@@ -229,7 +396,12 @@ class QueryConfig(_Strict):
     require_summary: bool = Field(False, description="Treat a response without a reasoning summary as a failure.")
     refusal_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSALS),
                                         description="Regexes (case-insensitive) that mark an answer as a refusal.")
-    dry_run_sample: int = Field(20, ge=1, le=10_000, description="Rows queried by --dry-run to estimate cost.")
+    dry_run_sample: int = Field(20, ge=1, le=10_000, description="Rows queried by --dry-run --sample to measure "
+                                "the expected cost (plain --dry-run makes no call).")
+    summarize_traces_with: Optional[Literal["compressor"]] = Field(
+        None, description="For a target whose reasoning is a full trace (reasoning_field: trace, e.g. a vLLM server "
+        "with a reasoning parser): write target_summary with models.compressor (inverter_data.summary_style or "
+        "prompt_file), as in the paper's open-target experiments; the trace stays in target_trace.")
 
     @field_validator("refusal_patterns")
     @classmethod
@@ -270,8 +442,29 @@ class InvertConfig(_Strict):
     samples_per_round: int = Field(1, ge=1, le=64, description="Samples per row per round.")
     max_attempts: int = Field(4, ge=1, le=64, description="Rounds of sampling before a row is rejected "
                               "(1 = no resampling, the paper's unverified setting).")
-    unverifiable: Literal["keep", "reject"] = Field("keep", description="What to do with traces whose consistency "
-                                                     "cannot be verified.")
+    unverifiable: Literal["keep", "reject"] = Field("keep", description="Rows whose best trace cannot be verified "
+                                                     "(no extractable target answer, answers that cannot be compared, "
+                                                     "a verifier that cannot judge): keep them, with their reason, in "
+                                                     "their own config `unverifiable` (never in `inverted`), or reject "
+                                                     "them to `rejected`. To train students on them too, set "
+                                                     "invert.unverifiable_to_students.")
+    unverifiable_to_students: bool = Field(False, description="student-data also builds the condition "
+                                           "`inverted_with_unverifiable` (verified + unverifiable traces); "
+                                           "`inverted_verified` always holds verified traces only.")
+    verifiers: list[Literal["answer", "steps", "judge", "prm"]] = Field(
+        default_factory=lambda: ["answer"], description="Verifiers every sample must pass, in order: `answer` "
+        "(answer consistency, always first), then step-level ones: `steps` (the toy world's exact step checker), "
+        "`judge` (an LLM judge, models.judge, asked for the earliest wrong paragraph as in ProcessBench), `prm` (a "
+        "process reward model in the Qwen2.5-Math-PRM format, invert.prm_model). A sample a step verifier rejects "
+        "is resampled like an inconsistent one.")
+    prm_model: Optional[str] = Field(None, description="The `prm` verifier's model (folder or Hub id), e.g. "
+                                     "Qwen/Qwen2.5-Math-PRM-7B (with prm_trust_remote_code: true).")
+    prm_threshold: float = Field(0.5, ge=0.0, le=1.0, description="A step whose PRM reward is below this is wrong.")
+    prm_step_token: str = Field("<extra_0>", min_length=1, description="The token the PRM reads after each step.")
+    prm_max_length: int = Field(4096, ge=16, description="Longest PRM input in tokens; longer traces cannot be verified.")
+    prm_batch_size: int = Field(8, ge=1, le=1024, description="Traces per PRM forward pass.")
+    prm_trust_remote_code: bool = Field(False, description="Load the PRM's own model class from its folder (needed "
+                                        "by Qwen2.5-Math-PRM); runs code shipped with the model.")
     answer_column: str = Field("target_answer", description="Column with the target's answer.")
     summary_column: str = Field("target_summary", description="Column with the target's summary.")
     ground_truth_column: Optional[str] = Field("target_trace", description="Column with ground-truth traces for "
@@ -285,12 +478,43 @@ class InvertConfig(_Strict):
             raise ValueError(f"{v!r} does not exist; fix: point invert.source at a query-target output folder or a file")
         return v
 
+    @field_validator("verifiers")
+    @classmethod
+    def _verifiers(cls, v: list[str]) -> list[str]:
+        if not v or v[0] != "answer":
+            raise ValueError("invert.verifiers must start with answer (step-level verifiers run after answer "
+                             f"consistency), got {v}; fix: e.g. [answer, steps]")
+        if len(set(v)) != len(v):
+            raise ValueError(f"invert.verifiers lists a verifier twice: {v}; fix: list each once")
+        return v
+
+    @model_validator(mode="after")
+    def _prm(self) -> "InvertConfig":
+        if "prm" in self.verifiers and not self.prm_model:
+            raise ValueError("invert.verifiers lists prm but invert.prm_model is not set; fix: set prm_model to a PRM "
+                             "folder or Hub id (e.g. Qwen/Qwen2.5-Math-PRM-7B), or drop prm")
+        if self.prm_model and _looks_local(self.prm_model) and not Path(self.prm_model).exists():
+            raise ValueError(f"invert.prm_model {self.prm_model!r} does not exist; fix: point it at a saved PRM folder")
+        return self
+
+
+class StudentsConfig(_Strict):
+    """Student training data (the student-data stage)."""
+
+    run_surrogate: bool = Field(False, description="Run models.surrogate on the target's problems first (writes "
+                                "<output.dir>/surrogate_on_targets) so the surrogate_traces condition has its data "
+                                "(CLI: student-data --run-surrogate).")
+    matched: bool = Field(True, description="Also write <condition>_matched beside each condition: the rows every "
+                          "non-empty condition shares, so conditions compare on the same problems.")
+
 
 class ModelsConfig(_Strict):
     target: Optional[ModelConfig] = Field(None, description="The black-box model whose reasoning is hidden.")
     surrogate: Optional[ModelConfig] = Field(None, description="Open reasoning model with visible traces.")
     compressor: Optional[ModelConfig] = Field(None, description="Turns traces into summaries.")
     inverter: Optional[ModelConfig] = Field(None, description="Writes a trace from problem, answer, summary.")
+    judge: Optional[ModelConfig] = Field(None, description="Judges inverted traces step by step (the `judge` "
+                                         "verifier of invert.verifiers).")
 
 
 class RuntimeConfig(_Strict):
@@ -317,6 +541,7 @@ class RunConfig(_Strict):
     inverter_data: InverterDataConfig = Field(default_factory=InverterDataConfig,
                                               description="Inverter training-data settings.")
     invert: InvertConfig = Field(default_factory=InvertConfig, description="Inversion settings.")
+    students: StudentsConfig = Field(default_factory=StudentsConfig, description="Student-data settings.")
     data: DataConfig = Field(default_factory=DataConfig, description="Input problems.")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model roles.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Output locations.")
@@ -336,6 +561,23 @@ class RunConfig(_Strict):
                 t.price_input_per_mtok == 0 and t.price_output_per_mtok == 0:
             raise ValueError("budget_usd is set but models.target has no prices, so spending cannot be measured; "
                              "fix: set models.target.price_input_per_mtok and price_output_per_mtok")
+        if self.budget_usd is not None and t is not None and t.backend in API_BACKENDS and t.max_output_tokens() is None:
+            raise ValueError("budget_usd is set but models.target.sampling.max_new_tokens is not, so a request's "
+                             "worst-case cost (what the budget reserves before sending it) has no bound; fix: set "
+                             "models.target.sampling.max_new_tokens (e.g. 32768)")
+        if self.query.summarize_traces_with == "compressor":
+            if self.models.compressor is None:
+                raise ValueError("query.summarize_traces_with is compressor but models.compressor is not set; fix: add "
+                                 "a compressor model (e.g. {backend: vllm, model: Qwen/Qwen2.5-7B-Instruct})")
+            c = self.models.compressor
+            if self.budget_usd is not None and c.backend in API_BACKENDS and c.max_output_tokens() is None:
+                raise ValueError("budget_usd is set but models.compressor.sampling.max_new_tokens is not, so its "
+                                 "requests' worst-case cost has no bound; fix: set models.compressor.sampling."
+                                 "max_new_tokens (e.g. 2048)")
+            if t is not None and t.backend in API_BACKENDS and t.reasoning_kind != "trace":
+                raise ValueError(f"query.summarize_traces_with is compressor but models.target's reasoning is a "
+                                 f"{t.reasoning_kind} (reasoning_field), not a full trace; fix: set "
+                                 "models.target.reasoning_field: trace, or remove query.summarize_traces_with")
         return self
 
     @property
@@ -405,6 +647,9 @@ def format_validation_error(e: ValidationError, root: type[BaseModel] = RunConfi
         if err["type"] not in ("missing", "extra_forbidden") and "input" in err and not isinstance(err["input"], dict):
             shown = scrub(repr(err["input"]))
             got = f" (got {shown[:80]})"
+        if "\n" in msg:  # a validator that found several problems at once
+            problems += [f"{loc}: {line}" for line in msg.split("\n")]
+            continue
         problems.append(f"{loc}: {msg}{got}" + (f"; {fix}" if fix else ""))
     return problems
 

@@ -45,10 +45,22 @@ def _read_file(path: Path, split: str) -> list[dict]:
     return df.to_dicts()
 
 
-def _read_hub(repo_id: str, split: str) -> list[dict]:
+def _read_hub(repo_id: str, split: str, subset: Optional[str] = None) -> list[dict]:
+    """A Hub dataset's split (of ``subset``, its config name, e.g. ``main`` for gsm8k);
+    a missing split or subset is a DataError naming the ones that exist."""
     import datasets
 
-    ds = datasets.load_dataset(repo_id, split=split)
+    try:
+        ds = datasets.load_dataset(repo_id, subset, split=split)
+    except ValueError as e:
+        msg = str(e)
+        if "Unknown split" in msg or "Bad split" in msg:
+            raise DataError([f"{repo_id}: no split {split!r} ({msg.splitlines()[0][:200]}); fix: set data.split "
+                             "(or pass --split) to one of the dataset's splits"], repo_id) from None
+        if "Config name is missing" in msg or "BuilderConfig" in msg:
+            raise DataError([f"{repo_id}: subset {subset!r} cannot be loaded ({msg.splitlines()[0][:300]}); "
+                             "fix: set data.subset to one of the dataset's subsets"], repo_id) from None
+        raise
     return ds.to_list()
 
 
@@ -99,7 +111,9 @@ def validate_rows(rows: list[dict], problem_column: str, id_column: Optional[str
 
 
 def load_rows(cfg: DataConfig, split: Optional[str] = None) -> list[dict]:
-    """Rows for a run: the toy world's problems, a local file or a Hub dataset."""
+    """Rows for a run: the toy world's problems, a local file or a Hub dataset (its
+    ``cfg.subset``). ``split`` (a command's ``--split``) overrides ``cfg.split`` only
+    when given."""
     split = split or cfg.split
     if cfg.source == "toy":
         from .toy_world import ToyWorld, iter_rows
@@ -115,12 +129,56 @@ def load_rows(cfg: DataConfig, split: Optional[str] = None) -> list[dict]:
         source = "toy"
     else:
         path = Path(cfg.source)
-        rows = _read_file(path, split) if path.exists() else _read_hub(cfg.source, split)
+        rows = _read_file(path, split) if path.exists() else _read_hub(cfg.source, split, cfg.subset)
         source = cfg.source
         rows = validate_rows(rows, cfg.problem_column, cfg.id_column, source)
     if cfg.limit:
         rows = rows[: cfg.limit]
     return rows
+
+
+LOCAL_BACKENDS = ("vllm", "transformers")
+
+
+def looks_like_local_path(model: str, output_dir: Optional[str] = None) -> bool:
+    """Whether ``model`` names a local folder rather than a Hub id.
+
+    The rule: a Hub id is ``name`` or ``owner/name`` (``Qwen/Qwen2.5-7B-Instruct``). A
+    model is a local path when it exists, or starts with ``/``, ``./``, ``../`` or ``~``,
+    or has more than one ``/`` (``runs/x/inverter``) or a backslash, or is
+    ``owner/name`` whose ``owner`` is ``runs`` (the project's usual output root) or the
+    first folder of the run's ``output.dir``. Anything else is taken for a Hub id."""
+    if Path(model).expanduser().exists() or model.startswith(("/", "./", "../", "~", ".\\")):
+        return True
+    if "\\" in model or model.count("/") > 1:
+        return True
+    if model.count("/") == 1:
+        owner = model.split("/", 1)[0]
+        roots = {"runs"}
+        if output_dir and not Path(output_dir).is_absolute() and Path(output_dir).parts:
+            roots.add(Path(output_dir).parts[0])
+        return owner in roots
+    return False
+
+
+def check_local_models(cfg, roles) -> None:
+    """Every ``models.<role>.model`` of a local engine (vllm, transformers) that looks
+    like a path (see ``looks_like_local_path``) must exist: checked before a stage makes
+    any call, with one problem per field. Server backends are not checked (their model
+    is the server's name for it, which may look like a path)."""
+    from .config import ConfigError
+
+    problems = []
+    for role in roles:
+        m = getattr(cfg.models, role, None)
+        if m is None or m.backend not in LOCAL_BACKENDS:
+            continue
+        if looks_like_local_path(m.model, cfg.output.dir) and not Path(m.model).expanduser().exists():
+            problems.append(f"models.{role}.model: local model folder {m.model!r} does not exist (relative paths start "
+                            f"at {Path.cwd()}); fix: train or copy the model there first, or correct the path "
+                            "(a Hub id is owner/name)")
+    if problems:
+        raise ConfigError(problems)
 
 
 def jsonable(v: Any) -> Any:

@@ -165,7 +165,21 @@ class VLLMEngine(LocalEngine):
 
 
 class TransformersEngine(LocalEngine):
-    """``transformers`` generate: for machines without vLLM (slow, but the same results path)."""
+    """``transformers`` generate: for machines without vLLM (slow, but the same results path).
+
+    - Placement: ``device_map="auto"`` (weights spread over the visible GPUs) with the
+      checkpoint's own dtype (``dtype="auto"``) when a GPU is present; on a CPU, float32
+      (bf16 matmuls are emulated on most CPUs).
+    - Seeding per row: every sequence samples from its own generator, seeded by its
+      request's seed, or, for an unseeded request, by a hash of its conversation (sample
+      j of an n-sample request by a hash of both). Decoding (repetition penalty on the
+      row's own tokens, temperature, top-k, top-p, the draw) is done per row by
+      ``_RowSampler``, so a row's output never depends on the rows batched with it.
+    - Stopping: every EOS id of the model's generation config (Llama-3.1 has three:
+      ``<|end_of_text|>``, ``<|eom_id|>``, ``<|eot_id|>``) and the tokenizer's ends a
+      sequence; a sequence that ends on any of them is ``stop``, only the length cap is
+      ``length``.
+    """
 
     backend = "transformers"
 
@@ -174,6 +188,7 @@ class TransformersEngine(LocalEngine):
         self.batch_size = batch_size
         self._model = None
         self._tok = None
+        self.eos_ids: list[int] = []
 
     def load(self):
         if self._model is None:
@@ -193,48 +208,138 @@ class TransformersEngine(LocalEngine):
             self._tok.padding_side = "left"
             if self._tok.pad_token is None:
                 self._tok.pad_token = self._tok.eos_token
-            self._model = AutoModelForCausalLM.from_pretrained(self.cfg.model)
+            kw, place = load_kwargs()
+            self._model = AutoModelForCausalLM.from_pretrained(self.cfg.model, **kw)
+            if place is not None:
+                self._model.to(place)
             self._model.eval()
             torch.set_grad_enabled(False)
+            self.eos_ids = eos_token_ids(self._model, self._tok)
             self.load_seconds += time.monotonic() - t0
         return self._model, self._tok
 
     def _generate(self, batch: list[Messages], seeds: list[Optional[int]]) -> list[dict]:
-        import torch
+        from transformers import LogitsProcessorList
 
         model, tok = self.load()
         s = self.cfg.sampling
+        eos = set(self.eos_ids)
+        # one sequence per (row, sample), each with its own seed; batched by prompt length
+        prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in batch]
+        lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        items = sorted(((i, j) for i in range(len(batch)) for j in range(s.n)), key=lambda ij: lengths[ij[0]])
+        done: dict[tuple[int, int], tuple[str, str, int]] = {}
+        for start in range(0, len(items), self.batch_size):
+            part = items[start:start + self.batch_size]
+            enc = tok([prompts[i] for i, _ in part], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = enc.to(model.device)
+            sampler = _RowSampler([row_seed(batch[i], seeds[i], j) for i, j in part],
+                                  (enc["attention_mask"] == 0).sum(dim=1), s.temperature, s.top_p, s.top_k,
+                                  s.repetition_penalty)
+            # Greedy search over the sampler's output (only the drawn token is finite); the
+            # neutral values keep the model's own sampling defaults out of it.
+            out = model.generate(**enc, logits_processor=LogitsProcessorList([sampler]), do_sample=False, num_beams=1,
+                                 num_return_sequences=1, temperature=1.0, top_p=1.0, top_k=50,
+                                 repetition_penalty=1.0, max_new_tokens=s.max_new_tokens,
+                                 eos_token_id=self.eos_ids, pad_token_id=tok.pad_token_id)
+            new = out[:, enc["input_ids"].shape[1]:].tolist()
+            for k, (i, j) in enumerate(part):
+                ids = new[k]
+                end = next((n for n, t in enumerate(ids) if t in eos), None)
+                ids = ids if end is None else ids[:end]
+                done[(i, j)] = (tok.decode(ids, skip_special_tokens=True), "length" if end is None else "stop", len(ids))
         results = []
-        for start in range(0, len(batch), self.batch_size):
-            convs = batch[start:start + self.batch_size]
-            sd = seeds[start]
-            torch.manual_seed(sd if sd is not None else 0)
-            prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in convs]
-            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            gen_kw = dict(max_new_tokens=s.max_new_tokens, num_return_sequences=s.n, pad_token_id=tok.pad_token_id,
-                          repetition_penalty=s.repetition_penalty)
-            if s.temperature > 0:
-                gen_kw.update(do_sample=True, temperature=s.temperature, top_p=s.top_p,
-                              top_k=s.top_k if s.top_k > 0 else 0)
-            else:
-                gen_kw.update(do_sample=False)
-            out = model.generate(**enc, **gen_kw)
-            new = out[:, enc["input_ids"].shape[1]:]
-            eos = tok.eos_token_id
-            for i in range(len(convs)):
-                texts, finishes, n_out = [], [], 0
-                for j in range(s.n):
-                    ids = new[i * s.n + j].tolist()
-                    stopped = eos in ids
-                    if stopped:
-                        ids = ids[: ids.index(eos)]
-                    ids = [t for t in ids if t != tok.pad_token_id]
-                    n_out += len(ids)
-                    texts.append(tok.decode(ids, skip_special_tokens=True))
-                    finishes.append("stop" if stopped else "length")
-                n_in = int(enc["attention_mask"][i].sum())
-                results.append(_finish(texts, finishes, n_in, n_out))
+        for i in range(len(batch)):
+            outs = [done[(i, j)] for j in range(s.n)]
+            results.append(_finish([o[0] for o in outs], [o[1] for o in outs], lengths[i], sum(o[2] for o in outs)))
         return results
+
+
+def load_kwargs() -> tuple[dict, Optional[str]]:
+    """``from_pretrained`` arguments for this machine, and a device to move the model to
+    afterwards (None: already placed). GPU: dtype auto, ``device_map="auto"`` when
+    accelerate is installed (else one GPU); CPU: float32."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available():
+        if importlib.util.find_spec("accelerate") is not None:
+            return {"dtype": "auto", "device_map": "auto"}, None
+        return {"dtype": "auto"}, "cuda"
+    return {"dtype": torch.float32}, None
+
+
+def eos_token_ids(model, tok) -> list[int]:
+    """Every id that ends a sequence: the generation config's (an int or a list), the
+    model config's and the tokenizer's EOS."""
+    ids: set[int] = set()
+    gen_cfg = getattr(model, "generation_config", None)
+    for src in (getattr(gen_cfg, "eos_token_id", None), getattr(model.config, "eos_token_id", None),
+                tok.eos_token_id):
+        if src is None:
+            continue
+        ids.update(int(x) for x in (src if isinstance(src, (list, tuple)) else [src]) if x is not None)
+    return sorted(ids)
+
+
+def row_seed(messages: Messages, seed: Optional[int], sample: int = 0) -> int:
+    """The sampling seed of one sequence: the request's seed, or for an unseeded request
+    one derived from its conversation; sample ``j > 0`` of a request mixes in ``j``."""
+    import hashlib
+    import json
+
+    if seed is None:
+        text = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+        base = int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:15], 16)
+    else:
+        base = int(seed)
+    if sample:
+        base = int(hashlib.sha256(f"{base}:{sample}".encode()).hexdigest()[:15], 16)
+    return base
+
+
+class _RowSampler:
+    """A logits processor that decodes each row on its own: the repetition penalty over
+    the row's own tokens (its left padding excluded), then temperature, top-k, top-p and
+    a draw from the row's seeded generator (greedy when the temperature is 0). It returns
+    scores where only the chosen token is finite, so greedy search takes it."""
+
+    def __init__(self, seeds: list[int], pad_lens, temperature: float, top_p: float, top_k: int,
+                 repetition_penalty: float):
+        self.seeds, self.pad_lens = seeds, pad_lens
+        self.temperature, self.top_p, self.top_k, self.penalty = temperature, top_p, top_k, repetition_penalty
+        self.gens = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        scores = scores.float()
+        if self.penalty != 1.0:
+            # pad positions point at the row's first real token (already in its set)
+            pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+            pad = self.pad_lens.to(input_ids.device)[:, None]
+            ids = torch.where(pos < pad, input_ids.gather(1, pad), input_ids)
+            picked = scores.gather(1, ids)
+            picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+            scores = scores.scatter(1, ids, picked)
+        if self.temperature == 0:
+            return scores
+        scores = scores / self.temperature
+        if self.top_k > 0 and self.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self.top_k, dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1.0:
+            ordered, order = torch.sort(scores, descending=True, dim=-1)
+            probs = ordered.softmax(dim=-1)
+            drop = probs.cumsum(dim=-1) - probs > self.top_p  # mass before the token already reaches top_p
+            drop[:, 0] = False
+            scores = scores.scatter(1, order, ordered.masked_fill(drop, float("-inf")))
+        probs = scores.softmax(dim=-1)
+        if self.gens is None:
+            self.gens = [torch.Generator(device=scores.device).manual_seed(sd) for sd in self.seeds]
+        chosen = torch.stack([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.gens)])
+        return torch.full_like(scores, float("-inf")).scatter(1, chosen, 0.0)
 
 
 def make_engine(cfg: ModelConfig, cache: RequestCache, **kw) -> LocalEngine:

@@ -5,13 +5,39 @@ Endpoints:
   ``summary`` holds ``summary_text`` parts, then a ``message`` with ``output_text``);
 - ``POST /v1/chat/completions``: chat completions with ``reasoning_content`` (the
   DeepSeek/vLLM reasoning-parser convention);
+- a user message in ProcessBench's judge format (``verifiers.JUDGE_TEMPLATE``) is
+  answered by the toy judge (``judge_answer``), on either endpoint;
 - ``GET /v1/models``; ``GET /stats`` (request counts per request-body hash, in-flight
   count) and ``POST /reset``.
 
 Faults are injected on demand so clients can be tested for real: latency, 429 with
-``Retry-After``, 500, timeouts (the server stalls), malformed bodies, empty summaries
-and refusals, each with a probability, plus ``fail_first`` (the first k attempts of
-every distinct request fail with 429) for deterministic retry tests.
+``Retry-After`` (``--retry-after-form``: seconds, ``ms`` as ``retry-after-ms``, or an
+HTTP ``date``), 500, timeouts (the server stalls), malformed bodies, empty summaries,
+refusals and content-filtered (incomplete) responses, each with a probability, plus
+``fail_first`` (the first k attempts of every distinct request fail with 429) for
+deterministic retry tests.
+
+Request bodies are validated the way the services do (``--flavor``):
+
+- ``openai`` (default): OpenAI's rules. A field the API does not know is a 400
+  "Unrecognized request argument supplied: <field>"; reasoning models (o-series,
+  gpt-5*) refuse ``temperature``/``top_p`` (and ``max_tokens`` on chat: they take
+  ``max_completion_tokens``); ``reasoning`` is refused for gpt-4*/gpt-3.5*;
+  ``max_output_tokens`` must be >= 16. Chat answers carry no reasoning (OpenAI's chat API
+  returns none).
+- ``vllm``: a vLLM/SGLang server started with a reasoning parser: vLLM's sampling
+  extras are accepted, unknown fields are ignored (and counted in ``/stats``
+  ``ignored_fields``, as vLLM only logs them), and chat answers carry the full hidden
+  trace as ``reasoning_content``.
+
+Payloads are realistic: the Responses reasoning summary comes in several
+``summary_text`` parts; an output cap (``max_output_tokens`` / ``max_tokens`` /
+``max_completion_tokens``) too small for the reasoning gives ``status: incomplete`` with
+``incomplete_details.reason: max_output_tokens`` (chat: ``finish_reason: length``);
+``--reasoning-spread`` makes reasoning lengths (so costs) vary; a repeated system
+prompt is reported as cached input tokens. ``/stats`` counts rejected requests (with
+their messages), the fields seen, and the tokens billed (answers, incomplete answers and
+malformed bodies alike: the service produced them).
 
 Run: ``python -m trace_inversion.toy_server --port 8123 --latency 0.05``; it prints
 ``READY <port>`` when it accepts connections.
@@ -21,14 +47,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import email.utils
 import hashlib
 import json
 import random
+import re
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .toy_world import ToyWorld, parse_problem
+from .toy_world import ToyWorld, check_steps, parse_problem
 
 REFUSAL = "I can't help with that request."
 
@@ -44,8 +73,11 @@ class Faults:
     p_malformed: float = 0.0
     p_empty_summary: float = 0.0
     p_refusal: float = 0.0
+    p_content_filter: float = 0.0
     fail_first: int = 0
     seed: int = 0
+    retry_after_form: str = "seconds"  # seconds | ms | date
+    reasoning_spread: float = 0.0  # reasoning tokens x (1 + spread * U[0,1)): variable costs
 
 
 @dataclass
@@ -59,6 +91,12 @@ class ServerState:
     total: int = 0
     auth_sha256: set = field(default_factory=set)  # sha256 of each distinct bearer token seen (never the token)
     rng: random.Random = field(default_factory=random.Random)
+    flavor: str = "openai"  # openai | vllm (see the module docstring)
+    rejected: Counter = field(default_factory=Counter)  # 400 message -> count
+    ignored_fields: Counter = field(default_factory=Counter)  # vllm flavor: unknown fields it ignored
+    fields_seen: Counter = field(default_factory=Counter)  # top-level request fields received
+    billed: Counter = field(default_factory=Counter)  # input_tokens, cached_input_tokens, output_tokens, responses
+    system_prompts: set = field(default_factory=set)  # seen system prompts (reported as cached input)
 
 
 def _body_key(body: dict) -> str:
@@ -85,9 +123,41 @@ def _ntok(text: str) -> int:
     return max(1, len(text.split()))
 
 
+_JUDGE_PROMPT = re.compile(r"\[Math Problem\]\s*(.*?)\s*\[Solution\]\s*(.*?)\s*Your task is to review", re.S)
+_PARAGRAPH = re.compile(r"<paragraph_(\d+)>\s*(.*?)\s*</paragraph_\1>", re.S)
+
+
+def judge_answer(text: str) -> str | None:
+    """The toy judge (ProcessBench's protocol, ``verifiers.JUDGE_TEMPLATE``): the index
+    of the earliest paragraph holding a wrong step by the toy world's exact checker (the
+    last paragraph when steps are missing), or -1, in ``\\boxed{}``. None when ``text``
+    is not a judge prompt; an answer without an index for a problem outside the toy world."""
+    m = _JUDGE_PROMPT.search(text or "")
+    if not m:
+        return None
+    p = parse_problem(m.group(1))
+    paras = [c for _, c in _PARAGRAPH.findall(m.group(2))]
+    if p is None or not paras:
+        return "I can only check toy-world solutions; I cannot say which paragraph is wrong."
+    index = -1
+    for i in range(len(paras)):
+        if check_steps(p, "\n".join(paras[: i + 1]))["first_error"] is not None:
+            index = i
+            break
+    else:
+        if not check_steps(p, "\n".join(paras))["all_correct"]:
+            index = len(paras) - 1
+    verdict = "No paragraph is wrong." if index < 0 else f"The earliest error is in paragraph {index}."
+    return f"I checked each paragraph's arithmetic against the problem.\n\n{verdict}\n\n\\boxed{{{index}}}"
+
+
 def _answer(state: ServerState, body: dict) -> tuple[str, str, str]:
-    """(answer, summary, hidden trace) for the request's problem (refusal if none)."""
+    """(answer, summary, hidden trace) for the request's problem (refusal if none); a
+    judge prompt gets the toy judge's answer."""
     text = _problem_text(body)
+    judged = judge_answer(text)
+    if judged is not None:
+        return judged, "", ""
     p = parse_problem(text)
     if p is None:
         return REFUSAL, "", ""
@@ -95,29 +165,137 @@ def _answer(state: ServerState, body: dict) -> tuple[str, str, str]:
     return r["answer"], r["summary"], r["hidden_trace"]
 
 
-def responses_body(body: dict, answer: str, summary: str, trace: str, key: str) -> dict:
+# vLLM's sampling and chat extras (accepted by its OpenAI-compatible server besides OpenAI's fields).
+VLLM_EXTRAS = frozenset((
+    "top_k", "min_p", "repetition_penalty", "length_penalty", "stop_token_ids", "include_stop_str_in_output",
+    "ignore_eos", "min_tokens", "skip_special_tokens", "spaces_between_special_tokens", "truncate_prompt_tokens",
+    "prompt_logprobs", "allowed_token_ids", "bad_words", "echo", "add_generation_prompt", "continue_final_message",
+    "add_special_tokens", "documents", "chat_template", "chat_template_kwargs", "mm_processor_kwargs",
+    "structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar", "priority", "request_id",
+    "return_tokens_as_token_ids", "cache_salt", "kv_transfer_params", "vllm_xargs", "use_beam_search",
+    "logits_processors"))
+EFFORTS = (None, "none", "minimal", "low", "medium", "high", "xhigh")
+SUMMARIES = (None, "auto", "concise", "detailed")
+
+
+def is_reasoning_model(model: str) -> bool:
+    """The service's rule: o-series and gpt-5* models reason (gpt-5-chat* does not)."""
+    m = str(model).lower().removeprefix("ft:")
+    return bool(re.match(r"o[1-9](-|$)|gpt-5", m)) and "chat" not in m
+
+
+def validate_body(kind: str, body: dict, flavor: str, state: "ServerState | None" = None) -> tuple | None:
+    """None, or (message, param, code) of the 400 the service answers for this body."""
+    from .config import OPENAI_CHAT_FIELDS, OPENAI_RESPONSES_FIELDS
+
+    known = OPENAI_RESPONSES_FIELDS if kind == "responses" else OPENAI_CHAT_FIELDS
+    for k in body:
+        if k not in known:
+            if flavor == "vllm":
+                if k not in VLLM_EXTRAS and state is not None:
+                    state.ignored_fields[k] += 1  # vLLM logs "present in the request but ignored"
+                continue
+            return f"Unrecognized request argument supplied: {k}", k, "unknown_parameter"
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "you must provide a model parameter", "model", "missing_required_parameter"
+    model, strict = body["model"], flavor == "openai"
+    for name, lo, hi in (("temperature", 0, 2), ("top_p", 0, 1)):
+        v = body.get(name)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi):
+            return f"Invalid '{name}': expected a number between {lo} and {hi}, got {v!r}.", name, "invalid_value"
+    if kind == "responses":
+        if not isinstance(body.get("input"), (str, list)):
+            return "Invalid 'input': expected a string or a list of input items.", "input", "invalid_type"
+        mot = body.get("max_output_tokens")
+        if mot is not None and (not isinstance(mot, int) or isinstance(mot, bool) or mot < 16):
+            return (f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, but got "
+                    f"{mot!r} instead.", "max_output_tokens", "integer_below_min_value")
+        if "store" in body and not isinstance(body["store"], bool):
+            return "Invalid 'store': expected a boolean.", "store", "invalid_type"
+        rs = body.get("reasoning")
+        if rs is not None:
+            if not isinstance(rs, dict):
+                return "Invalid 'reasoning': expected an object.", "reasoning", "invalid_type"
+            for k in rs:
+                if k not in ("effort", "summary", "generate_summary"):
+                    return f"Unrecognized request argument supplied: reasoning.{k}", f"reasoning.{k}", "unknown_parameter"
+            if rs.get("effort") not in EFFORTS:
+                return f"Invalid value: {rs.get('effort')!r}. Supported values are: {EFFORTS[1:]}.", \
+                    "reasoning.effort", "invalid_value"
+            if rs.get("summary") not in SUMMARIES:
+                return f"Invalid value: {rs.get('summary')!r}. Supported values are: {SUMMARIES[1:]}.", \
+                    "reasoning.summary", "invalid_value"
+            if strict and str(model).lower().startswith(("gpt-4", "gpt-3.5")):
+                return ("Unsupported parameter: 'reasoning.effort' is not supported with this model.",
+                        "reasoning.effort", "unsupported_parameter")
+        if strict and is_reasoning_model(model):
+            for name in ("temperature", "top_p"):
+                if name in body:
+                    return f"Unsupported parameter: '{name}' is not supported with this model.", name, \
+                        "unsupported_parameter"
+    else:
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return "Invalid 'messages': expected a non-empty array.", "messages", "invalid_type"
+        n = body.get("n", 1)
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128:
+            return f"Invalid 'n': expected an integer between 1 and 128, got {n!r}.", "n", "invalid_value"
+        for name in ("max_tokens", "max_completion_tokens", "seed"):
+            v = body.get(name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "seed" else 1)):
+                return f"Invalid '{name}': expected a positive integer, got {v!r}.", name, "invalid_value"
+        if strict and is_reasoning_model(model):
+            if "max_tokens" in body:
+                return ("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                        "'max_completion_tokens' instead.", "max_tokens", "unsupported_parameter")
+            for name in ("temperature", "top_p"):
+                if name in body and body[name] != 1:
+                    return (f"Unsupported value: '{name}' does not support {body[name]} with this model. Only the "
+                            "default (1) value is supported.", name, "unsupported_value")
+    return None
+
+
+def _cap_output(reasoning: int, answer: str, cap) -> tuple[int, str, bool]:
+    """(reasoning tokens, answer, truncated) under an output-token cap: reasoning comes first."""
+    if cap is None or reasoning + _ntok(answer) <= cap:
+        return reasoning, answer, False
+    if reasoning >= cap:
+        return cap, "", True
+    return reasoning, " ".join(answer.split()[: cap - reasoning]), True
+
+
+def responses_body(body: dict, answer: str, summary: str, trace: str, key: str, *, factor: float = 1.0,
+                   cached: int = 0, content_filter: bool = False) -> dict:
     # The summary arrives as several summary_text parts; clients must join them in order.
     parts = [s.strip() for s in summary.split(";") if s.strip()] if summary else []
     in_tok = _ntok(json.dumps(body.get("input", "")))
-    reasoning = _ntok(trace) * 3 if trace else 0
-    out_tok = _ntok(answer) + reasoning
+    reasoning = int(_ntok(trace) * 3 * factor) if trace else 0
+    reason = None
+    if content_filter:  # the filter stops the answer part-way
+        answer, reason = " ".join(answer.split()[: len(answer.split()) // 2]), "content_filter"
+    reasoning, answer, cut = _cap_output(reasoning, answer, body.get("max_output_tokens"))
+    if cut:
+        reason = "max_output_tokens"
+    out_tok = reasoning + (_ntok(answer) if answer or not reason else 0)
+    output = [{"type": "reasoning", "id": f"rs_{key}", "summary": [{"type": "summary_text", "text": t} for t in parts]}]
+    if answer or not reason:
+        output.append({"type": "message", "id": f"msg_{key}", "role": "assistant",
+                       "status": "incomplete" if reason else "completed",
+                       "content": [{"type": "output_text", "text": answer, "annotations": []}]})
     return {
         "id": f"resp_{key}",
         "object": "response",
         "created_at": 0,
-        "status": "completed",
+        "status": "incomplete" if reason else "completed",
+        "incomplete_details": {"reason": reason} if reason else None,
         "model": body.get("model", "toy-target"),
-        "output": [
-            {"type": "reasoning", "id": f"rs_{key}", "summary": [{"type": "summary_text", "text": t} for t in parts]},
-            {"type": "message", "id": f"msg_{key}", "role": "assistant", "status": "completed",
-             "content": [{"type": "output_text", "text": answer, "annotations": []}]},
-        ],
+        "output": output,
         "parallel_tool_calls": True,
+        "store": body.get("store", True),
         "tool_choice": "auto",
         "tools": [],
         "usage": {
             "input_tokens": in_tok,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": min(cached, in_tok)},
             "output_tokens": out_tok,
             "output_tokens_details": {"reasoning_tokens": reasoning},
             "total_tokens": in_tok + out_tok,
@@ -125,26 +303,53 @@ def responses_body(body: dict, answer: str, summary: str, trace: str, key: str) 
     }
 
 
-def chat_body(body: dict, answer: str, summary: str, trace: str, key: str) -> dict:
+def chat_body(body: dict, answer: str, summary: str, trace: str, key: str, *, factor: float = 1.0,
+              cached: int = 0, content_filter: bool = False, flavor: str = "openai") -> dict:
     n = int(body.get("n") or 1)
     in_tok = _ntok(json.dumps(body.get("messages", "")))
-    reasoning = _ntok(trace) * 3 if trace else 0
+    reasoning = full = int(_ntok(trace) * 3 * factor) if trace else 0
+    finish = "stop"
+    if content_filter:
+        answer, finish = " ".join(answer.split()[: len(answer.split()) // 2]), "content_filter"
+    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    reasoning, answer, cut = _cap_output(reasoning, answer, cap)
+    if cut:
+        finish = "length"
     message = {"role": "assistant", "content": answer}
-    if summary:
-        message["reasoning_content"] = summary
+    if flavor == "vllm" and trace:
+        # a reasoning parser returns the whole chain of thought (cut at the cap like any output)
+        words = trace.split()
+        message["reasoning_content"] = trace if reasoning >= full else " ".join(words[: len(words) * reasoning // full])
+    completion = reasoning + (_ntok(answer) if answer or finish == "stop" else 0)
     return {
         "id": f"chatcmpl-{key}",
         "object": "chat.completion",
         "created": 0,
         "model": body.get("model", "toy-target"),
-        "choices": [{"index": i, "message": dict(message), "finish_reason": "stop"} for i in range(n)],
+        "choices": [{"index": i, "message": dict(message), "finish_reason": finish} for i in range(n)],
         "usage": {
             "prompt_tokens": in_tok,
-            "completion_tokens": (_ntok(answer) + reasoning) * n,
-            "total_tokens": in_tok + (_ntok(answer) + reasoning) * n,
+            "completion_tokens": completion * n,
+            "total_tokens": in_tok + completion * n,
+            "prompt_tokens_details": {"cached_tokens": min(cached, in_tok)},
             "completion_tokens_details": {"reasoning_tokens": reasoning * n},
         },
     }
+
+
+def _system_text(body: dict) -> str:
+    msgs = body.get("messages") if "messages" in body else body.get("input")
+    if not isinstance(msgs, list):
+        return ""
+    return " ".join(str(m.get("content", "")) for m in msgs if isinstance(m, dict) and m.get("role") in ("system", "developer"))
+
+
+def _retry_headers(f: "Faults") -> dict:
+    if f.retry_after_form == "ms":
+        return {"retry-after-ms": str(int(round(f.retry_after * 1000)))}
+    if f.retry_after_form == "date":
+        return {"Retry-After": email.utils.formatdate(time.time() + f.retry_after, usegmt=True)}
+    return {"Retry-After": str(f.retry_after)}
 
 
 def make_app(state: ServerState):
@@ -157,12 +362,20 @@ def make_app(state: ServerState):
             body = await request.json()
         except Exception:
             return web.json_response({"error": {"message": "invalid JSON body", "type": "invalid_request_error"}}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": {"message": "invalid JSON body", "type": "invalid_request_error"}}, status=400)
         key = _body_key(body)
         auth = request.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
             state.auth_sha256.add(hashlib.sha256(auth[7:].encode()).hexdigest())
-        state.counts[key] += 1
         state.total += 1
+        state.fields_seen.update(body.keys())
+        bad = validate_body(kind, body, state.flavor, state)
+        if bad is not None:  # refused before any work: not billed
+            state.rejected[bad[0]] += 1
+            return web.json_response({"error": {"message": bad[0], "type": "invalid_request_error", "param": bad[1],
+                                                "code": bad[2]}}, status=400)
+        state.counts[key] += 1
         attempt = state.counts[key]
         state.in_flight += 1
         state.in_flight_keys[key] += 1
@@ -172,27 +385,52 @@ def make_app(state: ServerState):
             edges = [f.p429, f.p500, f.p_timeout, f.p_malformed]
             if attempt <= f.fail_first or r < edges[0]:
                 return web.json_response({"error": {"message": "rate limited", "type": "rate_limit"}}, status=429,
-                                         headers={"Retry-After": str(f.retry_after)})
+                                         headers=_retry_headers(f))
             if f.latency:
                 await asyncio.sleep(f.latency)
             r -= edges[0]
             if r < edges[1]:
                 return web.json_response({"error": {"message": "internal error", "type": "server_error"}}, status=500)
             r -= edges[1]
+            # What the service bills for: the response it produced, whether or not the
+            # client gets to read it (stalled, malformed) and whether or not it is complete.
+            spread = random.Random(f"{f.seed}:{key}:{attempt}").random() if f.reasoning_spread else 0.0
+            system = _system_text(body)
+            kw = {"factor": 1.0 + f.reasoning_spread * spread,
+                  "cached": _ntok(system) if system and system in state.system_prompts else 0}
+            if kind == "chat":
+                kw["flavor"] = state.flavor
+            builder = responses_body if kind == "responses" else chat_body
+
+            def bill(resp: dict) -> dict:
+                u = resp["usage"]
+                if kind == "responses":
+                    state.billed.update(input_tokens=u["input_tokens"], output_tokens=u["output_tokens"],
+                                        cached_input_tokens=u["input_tokens_details"]["cached_tokens"], responses=1)
+                else:
+                    state.billed.update(input_tokens=u["prompt_tokens"], output_tokens=u["completion_tokens"],
+                                        cached_input_tokens=u["prompt_tokens_details"]["cached_tokens"], responses=1)
+                if system:
+                    state.system_prompts.add(system)
+                return resp
+
             if r < edges[2]:
+                bill(builder(body, *_answer(state, body), key, **kw))
                 await asyncio.sleep(f.timeout_stall)
                 return web.json_response({"error": {"message": "stalled"}}, status=504)
             r -= edges[2]
             if r < edges[3]:
+                bill(builder(body, *_answer(state, body), key, **kw))
                 return web.Response(text='{"id": "truncated", "output": [', content_type="application/json")
             answer, summary, trace = _answer(state, body)
             if state.rng.random() < f.p_refusal:
                 answer, summary, trace = REFUSAL, "", ""
             if state.rng.random() < f.p_empty_summary:
                 summary = ""
-            builder = responses_body if kind == "responses" else chat_body
+            if f.p_content_filter and state.rng.random() < f.p_content_filter:
+                kw["content_filter"] = True
             state.paid[key] += 1
-            return web.json_response(builder(body, answer, summary, trace, key))
+            return web.json_response(bill(builder(body, answer, summary, trace, key, **kw)))
         finally:
             state.in_flight -= 1
             state.in_flight_keys[key] -= 1
@@ -212,12 +450,18 @@ def make_app(state: ServerState):
         return web.json_response({
             "total": state.total, "in_flight": state.in_flight, "in_flight_keys": list(state.in_flight_keys), "distinct": len(state.counts),
             "counts": dict(state.counts), "paid": dict(state.paid), "auth_sha256": sorted(state.auth_sha256),
+            "flavor": state.flavor, "rejected": sum(state.rejected.values()), "rejected_reasons": dict(state.rejected),
+            "ignored_fields": dict(state.ignored_fields), "fields_seen": dict(state.fields_seen),
+            "billed": dict(state.billed),
         })
 
     async def reset(request):
         state.counts.clear()
         state.paid.clear()
         state.total = 0
+        for c in (state.rejected, state.ignored_fields, state.fields_seen, state.billed):
+            c.clear()
+        state.system_prompts.clear()
         return web.json_response({"ok": True})
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -235,11 +479,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=8123)
     ap.add_argument("--world-seed", type=int, default=0)
     ap.add_argument("--summary-every", type=int, default=2)
+    ap.add_argument("--flavor", choices=["openai", "vllm"], default="openai",
+                    help="validation and payloads: OpenAI's services (default) or a vLLM server with a reasoning parser")
     for name, val in Faults().__dict__.items():
         ap.add_argument(f"--{name.replace('_', '-')}", type=type(val), default=val)
     a = ap.parse_args(argv)
     faults = Faults(**{k: getattr(a, k) for k in Faults().__dict__})
-    state = ServerState(ToyWorld(seed=a.world_seed, summary_every=a.summary_every), faults, rng=random.Random(faults.seed))
+    state = ServerState(ToyWorld(seed=a.world_seed, summary_every=a.summary_every), faults, rng=random.Random(faults.seed),
+                        flavor=a.flavor)
 
     from aiohttp import web
 

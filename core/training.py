@@ -4,6 +4,16 @@
 ``recipes/``) with run-specific fields (model, dataset folder, output folder), writes
 the resolved YAML next to the model for provenance, and runs ``trl sft --config`` in
 a subprocess. The logged training losses are parsed from its output.
+
+Multi-GPU: a recipe (or ``trace-inversion train --accelerate-config``) names an
+accelerate config with the key ``accelerate_config`` and may set ``num_processes``.
+Neither is a TRL training argument: ``trl sft --config`` hands such keys to
+``accelerate launch`` (``--accelerate_config`` becomes ``--config_file``), so the
+resolved YAML alone reproduces the run (``trl sft --config recipe.resolved.yaml``).
+The 7-8B recipes default to DeepSpeed ZeRO-3 (``recipes/accelerate/deepspeed_zero3.yaml``).
+
+The environment is passed through as is: nothing forces offline mode, so a Hub model
+id downloads (the demo and the tests set ``HF_HUB_OFFLINE=1`` themselves).
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
+
+from .errors import UserError
 
 _LOG_LINE = re.compile(r"\{'loss': .*?\}")
 
@@ -40,9 +52,56 @@ def list_recipes() -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*.yaml") if "accelerate" not in p.parts)
 
 
+# `accelerate_config` and `num_processes` are not TRL training arguments: `trl sft` passes
+# them to `accelerate launch`. These values of accelerate_config mean "no launcher config".
+NO_ACCELERATE = ("", "none", "no", "off", "false")  # YAML reads no/off as false
+
+
+def resolve_accelerate_config(value: str, recipe_file: Optional[Path] = None) -> str:
+    """An accelerate config named by a recipe or ``--accelerate-config``, as an absolute
+    path (or a config name shipped with TRL, e.g. ``zero3``, which ``trl sft`` resolves).
+
+    Looked up in order: the path as given (relative to the working directory), relative
+    to the recipe's folder, inside the packaged recipes (``recipes/accelerate/x.yaml`` or
+    ``accelerate/x.yaml``), then TRL's own ``trl/accelerate_configs/<name>.yaml``."""
+    p = Path(value).expanduser()
+    candidates = [p]
+    if not p.is_absolute():
+        if recipe_file is not None:
+            candidates.append(Path(recipe_file).parent / p)
+        root = Path(str(resources.files("trace_inversion.recipes")))
+        parts = p.parts[1:] if p.parts and p.parts[0] == "recipes" else p.parts
+        candidates += [root.joinpath(*parts), root / "accelerate" / p.name, root / "accelerate" / f"{p.name}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return str(c.resolve())
+    try:
+        shipped = resources.files("trl.accelerate_configs").joinpath(f"{value}.yaml")
+        if shipped.is_file():
+            return value
+    except ModuleNotFoundError:
+        pass
+    raise FileNotFoundError(f"accelerate config {value!r} not found; fix: give a file path, a packaged config "
+                            "(recipes/accelerate/deepspeed_zero3.yaml), a TRL name (zero3, fsdp2, multi_gpu) or none")
+
+
 def resolve_recipe(recipe: str, overrides: dict, out_path: Path) -> dict:
-    data = yaml.safe_load(recipe_path(recipe).read_text()) or {}
+    """The recipe with ``overrides`` applied (None values ignored), written to ``out_path``.
+
+    ``accelerate_config`` is made absolute (see ``resolve_accelerate_config``); the
+    value ``none`` removes a recipe's default, e.g. to train a 7B recipe in one process."""
+    path = recipe_path(recipe)
+    data = yaml.safe_load(path.read_text()) or {}
     data.update({k: v for k, v in overrides.items() if v is not None})
+    acc = data.get("accelerate_config")
+    if acc is None or str(acc).strip().lower() in NO_ACCELERATE:
+        data.pop("accelerate_config", None)
+    else:
+        data["accelerate_config"] = resolve_accelerate_config(str(acc), path)
+    if data.get("num_processes") is not None:
+        n = data["num_processes"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_processes must be a positive integer, got {n!r}; fix: e.g. --num-processes 8")
     missing = [k for k in ("model_name_or_path", "output_dir") if not data.get(k)]
     if not data.get("dataset_name") and not data.get("datasets"):
         missing.append("dataset_name")
@@ -133,6 +192,30 @@ class BackgroundRun:
             self._log_file.close()
 
 
+def accelerate_settings(data: dict) -> dict:
+    """The accelerate config a resolved recipe launches with, as a dict ({} if none)."""
+    acc = data.get("accelerate_config")
+    if not acc:
+        return {}
+    p = Path(acc)
+    if not p.is_file():
+        p = Path(str(resources.files("trl.accelerate_configs").joinpath(f"{acc}.yaml")))
+    return yaml.safe_load(p.read_text()) or {}
+
+
+def check_launcher(data: dict) -> None:
+    """Fail before launching when the accelerate config needs what is not installed."""
+    import importlib.util
+
+    settings = accelerate_settings(data)
+    if settings.get("distributed_type") == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise UserError(f"accelerate config {data['accelerate_config']} uses DeepSpeed, which is not installed; "
+                        "fix: pip install deepspeed (on the GPU node), or pass --accelerate-config none "
+                        "(one process) or another config (e.g. fsdp2)")
+    if settings and data.get("use_cpu"):
+        raise UserError("the recipe sets use_cpu and an accelerate config; fix: --accelerate-config none for CPU runs")
+
+
 def start_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Optional[dict] = None) -> BackgroundRun:
     """Start ``trl sft --config`` in the background (its output goes to ``train.log``).
 
@@ -149,8 +232,8 @@ def start_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Opt
         return BackgroundRun(finished={
             "output_dir": str(out_dir), "losses": parse_losses(log_path.read_text()), "seconds": 0.0,
             "log": str(log_path), "reused": True})
-    full_env = dict(os.environ, **(env or {}))
-    full_env.setdefault("HF_HUB_OFFLINE", "1")
+    check_launcher(data)
+    full_env = dict(os.environ, **(env or {}))  # no forced offline mode: a Hub model id must download
     full_env.setdefault("TOKENIZERS_PARALLELISM", "false")
     full_env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     launch: list[str] = []

@@ -3,14 +3,19 @@
 ``LoadDataFromDicts >> InvertTraces`` on a query-target output (or any dataset with
 problem / answer / summary columns). Output folder ``<output.dir>/inversion``:
 
-- ``inverted``: accepted rows (consistent, or unverifiable when policy keeps them),
-  with the trace, verdict, reason, number of attempts and per-row overlap metrics;
+- ``inverted``: verified rows only (answer-consistent and passing every configured
+  verifier), with the trace, verdict, reason, per-verifier ``verification``, number of
+  attempts and per-row overlap metrics;
+- ``unverifiable``: rows whose best trace cannot be verified (``invert.unverifiable:
+  keep``, the default), with the reason; students get them only with
+  ``invert.unverifiable_to_students``;
 - ``unfiltered``: the first sample of every row, as an unverified pipeline (the
   paper's) would keep it, for the "unfiltered" student condition;
-- ``rejected``: rows without an accepted sample, with the reason;
-- ``stats.json`` and the card: counts per reason, resampling rounds, overlap metrics
-  (kept and unfiltered) when ground-truth traces exist, and in the toy world the share
-  of traces whose every step is right (what answer checking cannot see).
+- ``rejected``: rows without a verified or kept sample, with the reason;
+- ``stats.json`` and the card: counts per status, reason and verifier, how the
+  target's answers were found, resampling rounds, overlap metrics (kept and
+  unfiltered) when ground-truth traces exist, and in the toy world the share of traces
+  whose every step is right (what answer checking cannot see).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 import time
 from pathlib import Path
 
-from trace_inversion.config import RunConfig
+from trace_inversion.config import ConfigError, RunConfig
 from trace_inversion.data import DataError, validate_rows
 from trace_inversion.io import split_path, write_json, write_split
 from trace_inversion.pipelines.common import (count_reasons, report_stage, retry_stats, crashed_rows, distilabel_cache, mark_finished,
@@ -60,10 +65,20 @@ def build_pipeline(cfg: RunConfig, rows: list[dict]):
 
     require_models(cfg, "inverter")
     ic = cfg.invert
+    if "judge" in ic.verifiers and cfg.models.judge is None:
+        raise ConfigError(["models.judge: missing, and invert.verifiers lists judge; fix: add a judge model "
+                           "(any backend) under models.judge, or drop judge from invert.verifiers"])
+    prm = None
+    if "prm" in ic.verifiers:
+        prm = {"model": ic.prm_model, "threshold": ic.prm_threshold, "step_token": ic.prm_step_token,
+               "max_length": ic.prm_max_length, "batch_size": ic.prm_batch_size,
+               "trust_remote_code": ic.prm_trust_remote_code}
+    judge = cfg.models.judge.model_dump(mode="json") if "judge" in ic.verifiers else None
     with Pipeline(name=f"invert-{cfg.name}", cache_dir=distilabel_cache(cfg)) as pipeline:
         load = LoadDataFromDicts(name="load_targets", data=rows, batch_size=256)
         invert = InvertTraces(name="invert", with_summary=ic.with_summary, samples_per_round=ic.samples_per_round,
                               max_attempts=ic.max_attempts, unverifiable=ic.unverifiable,
+                              verifiers=list(ic.verifiers), judge_model=judge, prm=prm,
                               answer_column=ic.answer_column, summary_column=ic.summary_column, base_seed=cfg.seed,
                               max_model_len=ic.max_model_len, **step_kwargs(cfg, "inverter", len(rows)))
         load >> invert
@@ -97,15 +112,18 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
     has_gt = bool(gt) and any(r.get(gt) for r in result)
     for r in result:
         r["inversion_accepted"] = bool(r.get("inversion_accepted"))
+        r["inversion_status"] = r.get("inversion_status") or ("verified" if r["inversion_accepted"] else "rejected")
         r["n_attempts"] = len(r.get("inversion_attempts") or [])
         r["inversion_attempts"] = json.dumps(r.get("inversion_attempts") or [])
         if has_gt and r.get(gt):
             for k, v in pair_metrics(r.get("inverted_trace") or "", r[gt]).items():
                 r[f"overlap_{k}"] = v
-    kept = [r for r in result if r["inversion_accepted"]]
-    rejected = [r for r in result if not r["inversion_accepted"]]
-    write_split(out_dir, "inverted", kept, like=rejected)
-    write_split(out_dir, "rejected", rejected, like=kept)
+    kept = [r for r in result if r["inversion_status"] == "verified"]
+    unverifiable = [r for r in result if r["inversion_status"] == "unverifiable"]
+    rejected = [r for r in result if r["inversion_status"] == "rejected"]
+    write_split(out_dir, "inverted", kept, like=result)
+    write_split(out_dir, "unverifiable", unverifiable, like=result)
+    write_split(out_dir, "rejected", rejected, like=result)
     unfiltered = [{"id": r["id"], "problem": r["problem"], ic.answer_column: r[ic.answer_column],
                    "first_trace": r.get("first_trace"), "first_verdict": r.get("first_verdict")} for r in result
                   if r.get("first_trace")]
@@ -113,16 +131,29 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
     rounds: dict[str, int] = {}
     for r in kept:
         rounds[str(r["n_attempts"])] = rounds.get(str(r["n_attempts"]), 0) + 1
-    first = [r.get("first_verdict") for r in result]
+    first = [first_answer_verdict(r) for r in result]
+    first_all = [r.get("first_verdict") for r in result]
+    methods: dict[str, int] = {}
+    for r in result:
+        m = r.get("target_answer_method") or "none"
+        methods[m] = methods.get(m, 0) + 1
     stats = {
-        "rows_in": len(rows), "kept": len(kept), "rejected": len(rejected),
+        "rows_in": len(rows), "kept": len(kept), "unverifiable": len(unverifiable), "rejected": len(rejected),
+        "status": {"verified": len(kept), "unverifiable": len(unverifiable), "rejected": len(rejected)},
         "rejected_reasons": count_reasons(rejected, "inversion_reason"),
-        "kept_verdicts": {"consistent": sum(r["inversion_verdict"] is True for r in kept),
-                          "unverifiable": sum(r["inversion_verdict"] is None for r in kept)},
+        "unverifiable_reasons": count_reasons(unverifiable, "inversion_reason"),
+        "kept_verdicts": {"verified": len(kept), "unverifiable (own config)": len(unverifiable)},
         "first_sample": {"consistent": sum(v is True for v in first), "inconsistent": sum(v is False for v in first),
                          "unverifiable": sum(v is None for v in first)},
+        "first_sample_all_verifiers": {"verified": sum(v is True for v in first_all),
+                                       "rejected": sum(v is False for v in first_all),
+                                       "unverifiable": sum(v is None for v in first_all)},
+        "target_answer_methods": methods,
+        "target_answer_not_found": methods.get("none", 0),
+        "verifiers": list(ic.verifiers),
+        "verification": verification_counts(result),
         "attempts_of_kept_rows": rounds,
-        "with_summary": ic.with_summary, "max_attempts": ic.max_attempts,
+        "with_summary": ic.with_summary, "max_attempts": ic.max_attempts, "unverifiable_policy": ic.unverifiable,
         "seconds": round(time.time() - t0, 2), "output_dir": str(out_dir),
     }
     if has_gt:
@@ -140,7 +171,8 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
     from trace_inversion.hub_cards.card import write_stage_card
 
     write_stage_card(out_dir, "invert", cfg, stats,
-                     {"inverted": len(kept), "unfiltered": len(unfiltered), "rejected": len(rejected)})
+                     {"inverted": len(kept), "unverifiable": len(unverifiable), "unfiltered": len(unfiltered),
+                      "rejected": len(rejected)}, {"Verification": verification_section(stats)})
     if not any((r.get("inversion_reason") or "").startswith("internal error") for r in rejected):
         mark_finished(out_dir, fp, stats)
     return report_stage("invert", stats, cfg, summary(stats))
@@ -148,5 +180,55 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
 
 def summary(stats: dict) -> str:
     """The stage's key counts for its console line."""
-    return (f"{stats['kept']:,} of {stats['rows_in']:,} traces kept · {stats['rejected']:,} rejected · first sample "
-            f"consistent {stats['first_sample']['consistent']:,}")
+    return (f"{stats['kept']:,} of {stats['rows_in']:,} traces verified · {stats.get('unverifiable', 0):,} unverifiable · "
+            f"{stats['rejected']:,} rejected · first sample consistent {stats['first_sample']['consistent']:,}")
+
+
+def first_answer_verdict(row: dict):
+    """The first sample's answer-consistency verdict (False when a filter or a failed
+    call rejected it before the answer check): what an unverified pipeline would see."""
+    atts = json.loads(row.get("inversion_attempts") or "[]")
+    if not atts:
+        return row.get("first_verdict")
+    ans = next((v for v in atts[0].get("verification") or [] if v["verifier"] == "answer"), None)
+    return ans["verdict"] if ans is not None else atts[0].get("verdict")
+
+
+def verification_counts(result: list[dict]) -> dict:
+    """Per verifier: verdict counts and reason kinds (values blanked), for the chosen
+    sample of every row (``final``) and over every attempt (``all_attempts``: what the
+    verifiers rejected on the way)."""
+    from trace_inversion.verifiers import reason_kind
+
+    def add(out: dict, v: dict) -> None:
+        d = out.setdefault(v["verifier"], {"pass": 0, "fail": 0, "cannot_verify": 0, "reasons": {}})
+        d[{True: "pass", False: "fail"}.get(v["verdict"], "cannot_verify")] += 1
+        kind = reason_kind(v["reason"])
+        d["reasons"][kind] = d["reasons"].get(kind, 0) + 1
+
+    final: dict = {}
+    every: dict = {}
+    for r in result:
+        for v in r.get("verification") or []:
+            add(final, v)
+        for a in json.loads(r.get("inversion_attempts") or "[]"):
+            for v in a.get("verification") or []:
+                add(every, v)
+    return {"final": final, "all_attempts": every}
+
+
+def verification_section(stats: dict) -> str:
+    """The card's account of the verifiers: one table row per verifier and reason."""
+    from trace_inversion.hub_cards.card import md_cell
+
+    lines = [f"Verifiers, in order: {md_cell(', '.join(stats.get('verifiers') or []))}. Rows: "
+             f"{stats['kept']} verified (config `inverted`), {stats.get('unverifiable', 0)} unverifiable "
+             f"(config `unverifiable`, policy `{md_cell(stats.get('unverifiable_policy'))}`), {stats['rejected']} "
+             f"rejected. Target answers not found: {stats.get('target_answer_not_found', 0)}.", "",
+             "| samples | verifier | verdict counts (pass / fail / cannot verify) | reason | n |", "|---|---|---|---|---|"]
+    for scope, label in (("final", "chosen"), ("all_attempts", "every attempt")):
+        for name, d in ((stats.get("verification") or {}).get(scope) or {}).items():
+            counts = f"{d['pass']} / {d['fail']} / {d['cannot_verify']}"
+            for reason, n in sorted(d["reasons"].items(), key=lambda kv: -kv[1]):
+                lines.append(f"| {label} | {md_cell(name)} | {counts} | {md_cell(reason)} | {n} |")
+    return "\n".join(lines)

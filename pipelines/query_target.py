@@ -1,10 +1,14 @@
 """The ``query-target`` pipeline: problems in, target answers and summaries out.
 
-A real distilabel pipeline: ``LoadDataFromDicts >> QueryTarget``. distilabel's own
-cache is off (its resume hangs, upstream #1065); the project's request cache makes
-a rerun after a crash free for every finished request. Output: parquet under
-``<output.dir>/target_query/data/{target,failures}/train.parquet`` plus
-``stats.json``.
+A real distilabel pipeline: ``LoadDataFromDicts >> QueryTarget``, then, for a target
+whose reasoning is a full trace with ``query.summarize_traces_with: compressor``,
+``>> SummarizeTargetTraces`` (the compressor writes ``target_summary`` from
+``target_trace``, as in the paper's open-target experiments). distilabel's own cache is
+off (its resume hangs, upstream #1065); the project's request cache makes a rerun after
+a crash free for every finished request. With ``budget_usd`` every step process and Ray
+replica draws on one ledger (``cache.BudgetLedger``, scope ``query-target:<name>``)
+opened here before the pipeline starts. Output: parquet under
+``<output.dir>/target_query/data/{target,failures}/train.parquet`` plus ``stats.json``.
 """
 
 from __future__ import annotations
@@ -21,13 +25,47 @@ from trace_inversion.pipelines.common import (report_stage, retry_stats, count_r
                                              step_kwargs, step_timings)
 
 
+def budget_scope(cfg: RunConfig) -> str:
+    """The run's budget ledger scope in the request cache (one per stage and run name)."""
+    return f"query-target:{cfg.name}"
+
+
+def open_budget(cfg: RunConfig) -> None:
+    """Start the run's shared budget afresh (before any step runs): a budget counts the new
+    spending of this run, shared by every process and replica."""
+    if cfg.budget_usd is not None:
+        from trace_inversion.cache import BudgetLedger
+
+        ledger = BudgetLedger(cfg.resolved_cache_path.resolve(), budget_scope(cfg))
+        try:
+            ledger.open(cfg.budget_usd)
+        finally:
+            # closed now, not when the GC gets to it (a sqlite3.Connection sits in a reference
+            # cycle): a connection open in this process when distilabel forks its workers can
+            # be closed in a worker, which drops that worker's locks and can lose the WAL
+            ledger.close()
+
+
+def check_credentials(cfg: RunConfig) -> None:
+    """Every API model of the stage has its key, before any call is paid."""
+    from trace_inversion.clients import credential_problems
+    from trace_inversion.config import ConfigError
+
+    problems = credential_problems(cfg.models.target, "target")
+    if cfg.query.summarize_traces_with == "compressor" and cfg.models.compressor is not None:
+        problems += credential_problems(cfg.models.compressor, "compressor")
+    if problems:
+        raise ConfigError(problems)
+
+
 def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target"):
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
-    from trace_inversion.steps.target_query import QueryTarget
+    from trace_inversion.steps.target_query import QueryTarget, SummarizeTargetTraces
 
-    require_models(cfg, "target")
+    summarize = cfg.query.summarize_traces_with == "compressor"
+    require_models(cfg, "target", *(["compressor"] if summarize else []))
     kw = step_kwargs(cfg, "target", len(rows))
     with Pipeline(name=f"{name}-{cfg.name}", cache_dir=distilabel_cache(cfg)) as pipeline:
         load = LoadDataFromDicts(name="load_problems", data=rows, batch_size=kw["input_batch_size"])
@@ -37,10 +75,34 @@ def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target")
             require_summary=cfg.query.require_summary,
             system_prompt=cfg.query.system_prompt,
             refusal_patterns=cfg.query.refusal_patterns,
+            summarize_traces=summarize,
             budget_usd=cfg.budget_usd,
+            budget_scope=budget_scope(cfg),
         )
         load >> query
+        if summarize:
+            ckw = step_kwargs(cfg, "compressor", len(rows))
+            ckw["input_batch_size"] = kw["input_batch_size"]
+            compress = SummarizeTargetTraces(
+                name="summarize_target_traces", **ckw, style=cfg.inverter_data.summary_style,
+                prompt_file=cfg.inverter_data.prompt_file, max_model_len=cfg.inverter_data.max_model_len,
+                budget_usd=cfg.budget_usd, budget_scope=budget_scope(cfg))
+            query >> compress
     return pipeline
+
+
+def apply_summaries(cfg: RunConfig, result: list[dict]) -> None:
+    """Rows of a summarised full-trace target: the compressor's summary becomes
+    ``target_summary``; a row the compressor could not summarise fails with its reason."""
+    for r in result:
+        r.pop("trace_for_summary", None)
+        summary, error = r.pop("summary", None), r.pop("summary_error", None)
+        if r.get("query_error") is not None:
+            continue
+        if summary:
+            r["target_summary"] = summary
+        elif r.get("query_attempts") is not None:
+            r["query_error"] = f"compressor: {error or 'empty summary'}"
 
 
 def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str = "train") -> dict:
@@ -52,9 +114,13 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
     done = reuse_finished(out_dir, fp, cfg)
     if done is not None:
         return report_stage("query-target", done, cfg, summary(done))
+    check_credentials(cfg)
     pipeline = build_pipeline(cfg, rows)
+    open_budget(cfg)
     result = reorder(run_pipeline(pipeline, cfg, "query-target"), [r["id"] for r in rows])
     crashed_rows(result, "query_attempts", "query_error")
+    if cfg.query.summarize_traces_with == "compressor":
+        apply_summaries(cfg, result)
     for r in result:
         if r.get("query_attempts") is None:
             r.update(query_attempts=0, target_cost_usd=0.0)
@@ -77,6 +143,7 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
         "output_tokens": sum((r["target_usage"] or {}).get("output_tokens", 0) for r in result),
         "http_attempts": sum(r["query_attempts"] for r in result),
         **retry_stats(cfg, "query_target"),
+        **budget_stats(cfg),
         "seconds": round(time.time() - t0, 2),
         "output_dir": str(out_dir),
     }
@@ -98,38 +165,100 @@ def summary(stats: dict) -> str:
     return text
 
 
-def dry_run(cfg: RunConfig, rows: list[dict]) -> dict:
-    """Query a sample (through the cache: nothing here is paid twice later) and
-    extrapolate cost and tokens to all rows."""
+def budget_stats(cfg: RunConfig) -> dict:
+    """What the run's shared budget ledger recorded (every process and replica together)."""
+    if cfg.budget_usd is None:
+        return {}
+    from trace_inversion.cache import BudgetLedger
+
+    ledger = BudgetLedger(cfg.resolved_cache_path.resolve(), budget_scope(cfg))
+    try:
+        st = ledger.state()
+    finally:
+        ledger.close()
+    return {"budget": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in st.items()}} if st else {}
+
+
+def dry_run(cfg: RunConfig, rows: list[dict], sample: bool = False) -> dict:
+    """The cost of querying ``rows``, estimated before any call.
+
+    Without ``sample`` nothing is sent: rows the request cache already answered replay
+    free; for the others the worst case is what the budget reserves per request (an
+    input-token bound x input price + the output cap x output price), so the run can
+    never cost more; the expected cost is extrapolated from whatever responses of these
+    rows the cache holds (none on a fresh run). With ``sample``, ``query.dry_run_sample``
+    rows are queried first (through the cache and within budget_usd: the run replays
+    them, nothing is paid twice) to measure the expected cost.
+    """
+    from trace_inversion.cache import RequestCache
+
+    require_models(cfg, "target")
+    t = cfg.models.target
+    cache = RequestCache(cfg.resolved_cache_path, secret_env=(t.api_key_env,))
+    try:
+        return _dry_run(cfg, rows, sample, cache)
+    finally:
+        cache.close()  # never left open for a later pipeline's fork (see open_budget)
+
+
+def _dry_run(cfg: RunConfig, rows: list[dict], sample: bool, cache) -> dict:
     import asyncio
     import random
 
-    from trace_inversion.cache import RequestCache
-    from trace_inversion.clients import cost_of, make_client
+    from trace_inversion.clients import Budget, cost_of, credential_problems, input_token_bound, make_client, max_cost
+    from trace_inversion.config import ConfigError
     from trace_inversion.toy_world import ToyWorld
 
-    k = min(cfg.query.dry_run_sample, len(rows))
-    sample = random.Random(cfg.seed).sample(rows, k)
-    client = make_client(cfg.models.target, RequestCache(cfg.resolved_cache_path, secret_env=(cfg.models.target.api_key_env,)), world=ToyWorld.from_config(cfg.data.toy))
+    t = cfg.models.target
+    client = make_client(t, cache, world=ToyWorld.from_config(cfg.data.toy), budget=Budget(cfg.budget_usd))
     sys_msg = [{"role": "system", "content": cfg.query.system_prompt}] if cfg.query.system_prompt else []
+    convs = {r["id"]: sys_msg + [{"role": "user", "content": r["problem"]}] for r in rows}
+    k = min(cfg.query.dry_run_sample, len(rows)) if sample else 0
+    if k:
+        if credential_problems(t):
+            raise ConfigError(credential_problems(t))
+        picked = random.Random(cfg.seed).sample(rows, k)
 
-    async def go():
-        try:
-            return await client.query_many([sys_msg + [{"role": "user", "content": r["problem"]}] for r in sample])
-        finally:
-            await client.aclose()
+        async def go():
+            try:
+                return await client.query_many([convs[r["id"]] for r in picked])
+            finally:
+                await client.aclose()
 
-    results = asyncio.run(go())
-    ok = [r for r in results if r.ok]
-    costs = [cost_of(r.response.get("usage", {}), cfg.models.target) for r in ok]
-    mean = sum(costs) / len(costs) if costs else 0.0
-    tok_in = sum(r.response["usage"].get("input_tokens", 0) for r in ok) / max(1, len(ok))
-    tok_out = sum(r.response["usage"].get("output_tokens", 0) for r in ok) / max(1, len(ok))
-    return {
-        "rows": len(rows), "sample": k, "sample_failures": k - len(ok),
+        sampled = asyncio.run(go())
+    else:
+        sampled = []
+    known = {}
+    for rid, m in convs.items():
+        hit = cache.get(client.key(m))
+        if hit is not None:
+            known[rid] = hit
+    todo = [convs[rid] for rid in convs if rid not in known]
+    worst = [max_cost(t, m) for m in todo]
+    worst_total = None if any(w is None for w in worst) else round(sum(worst), 6)
+    costs = [cost_of(h.get("usage", {}), t) for h in known.values()]
+    mean = sum(costs) / len(costs) if costs else None
+    tok_in = [h.get("usage", {}).get("input_tokens", 0) for h in known.values()]
+    tok_out = [h.get("usage", {}).get("output_tokens", 0) for h in known.values()]
+    mean_out = sum(tok_out) / len(tok_out) if tok_out else None
+    out = {
+        "rows": len(rows), "rows_cached": len(known), "rows_to_send": len(todo),
+        "max_output_tokens": t.max_output_tokens(),
+        "input_tokens_bound": sum(input_token_bound(m) for m in todo),
+        "worst_case_cost_usd": worst_total,
+        "within_budget_worst_case": None if cfg.budget_usd is None or worst_total is None else worst_total <= cfg.budget_usd,
+        "sample": k, "sample_failures": sum(1 for r in sampled if not r.ok),
         "sample_cost_usd": round(client.usage.cost_usd, 6),
-        "mean_cost_per_row_usd": round(mean, 6), "estimated_total_cost_usd": round(mean * len(rows), 4),
-        "mean_input_tokens": round(tok_in, 1), "mean_output_tokens": round(tok_out, 1),
-        "estimated_output_tokens": int(tok_out * len(rows)),
-        "within_budget": None if cfg.budget_usd is None else mean * len(rows) <= cfg.budget_usd,
+        "measured_rows": len(known),
+        "mean_cost_per_row_usd": None if mean is None else round(mean, 6),
+        "estimated_total_cost_usd": None if mean is None else round(mean * len(rows), 4),
+        "estimated_new_cost_usd": None if mean is None else round(mean * len(todo), 4),
+        "mean_input_tokens": round(sum(tok_in) / len(tok_in), 1) if tok_in else None,
+        "mean_output_tokens": None if mean_out is None else round(mean_out, 1),
+        "estimated_output_tokens": None if mean_out is None else int(mean_out * len(rows)),
+        "within_budget": None if cfg.budget_usd is None or mean is None else mean * len(todo) <= cfg.budget_usd,
+        "credential_problems": credential_problems(t),
     }
+    if cfg.query.summarize_traces_with == "compressor":
+        out["note"] = "target only: the compressor's cost (query.summarize_traces_with) is not included"
+    return out

@@ -55,7 +55,11 @@ class ModelStep(Step):
             kw["in_process"] = True
             if self.max_model_len:
                 kw["max_model_len"] = self.max_model_len
-        self._gen = Generator(cfg, RequestCache(self.cache_path, secret_env=(cfg.api_key_env,)), world=world, budget=Budget(self.budget_usd), **kw)
+        self._gen = Generator(cfg, RequestCache(self.cache_path, secret_env=(cfg.api_key_env,)), world=world,
+                              # one ledger per run (budget_scope, set by the pipeline) in the request cache:
+                              # every process and replica of the run draws on the same cap
+                              budget=Budget.shared(self.cache_path, self.budget_usd, getattr(self, "budget_scope", None)),
+                              **kw)
 
     def unload(self) -> None:
         if self._bar is not None:

@@ -1,9 +1,9 @@
 """Inversion with verified synthesis: write a full trace for each (problem, answer, summary)."""
 
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from distilabel.steps import StepInput
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from trace_inversion.steps.base import ModelStep
 
@@ -11,13 +11,9 @@ if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
 
 
-def judge(output: Optional[str], finish_reason: Optional[str], given_answer: Optional[str]) -> tuple[Optional[bool], str, Optional[str]]:
-    """Run every filter on one inverter output: (verdict, reason, trace).
-
-    Order: empty, truncated, degenerate repetition, then answer consistency. The first
-    rejecting filter gives the reason; consistency None means "cannot verify".
-    """
-    from trace_inversion.answer_matching import consistency_verdict
+def filter_output(output: Optional[str], finish_reason: Optional[str]) -> tuple[bool, str, Optional[str]]:
+    """The filters before any verifier: (passed, reason, trace). Order: truncated,
+    then (on the trace, ``</think>`` stripped) empty and degenerate repetition."""
     from trace_inversion.filters import degeneracy_verdict, empty_verdict, truncation_verdict
     from trace_inversion.prompts import split_think
 
@@ -31,7 +27,23 @@ def judge(output: Optional[str], finish_reason: Optional[str], given_answer: Opt
         ok, why = check(trace)
         if not ok:
             return False, why, trace
-    verdict, why = consistency_verdict(given_answer, trace)
+    return True, "", trace
+
+
+def judge(output: Optional[str], finish_reason: Optional[str], given_answer: Optional[str],
+          target: Optional[tuple] = None) -> tuple[Optional[bool], str, Optional[str]]:
+    """Run every filter on one inverter output: (verdict, reason, trace).
+
+    Order: empty, truncated, degenerate repetition, then answer consistency. The first
+    rejecting filter gives the reason; consistency None means "cannot verify".
+    ``target``: the target answer's ``(answer, method)`` when already extracted.
+    """
+    from trace_inversion.answer_matching import consistency_verdict
+
+    ok, why, trace = filter_output(output, finish_reason)
+    if not ok:
+        return False, why, trace
+    verdict, why = consistency_verdict(given_answer, trace, target=target)
     return verdict, why, trace
 
 
@@ -39,19 +51,29 @@ class InvertTraces(ModelStep):
     """The inverter writes a full reasoning trace for each target (problem, answer, summary).
 
     **Verified synthesis** (the project's step beyond the paper): every sample is
-    judged by the filters (empty, truncated, degenerate repetition) and by answer
-    consistency (does the trace reach the target's answer? math-verify with
-    normalised-string and multiple-choice fallbacks). Rows without an accepted sample
-    are resampled with new seeds, up to ``max_attempts`` rounds of
-    ``samples_per_round`` samples. Every attempt's verdict is kept. Each sample is a
-    separate cached request (its seed is part of the key), so resampling never
-    repeats a paid call and a rerun replays them all.
+    judged by the filters (empty, truncated, degenerate repetition), then by the
+    ``verifiers`` in order (``trace_inversion.verifiers``): ``answer`` consistency
+    (does the trace reach the target's answer?), then any step-level verifiers
+    (``steps``: the toy world's exact checker; ``judge``: an LLM judge; ``prm``: a
+    process reward model), which run on samples answer consistency did not reject.
+    Rows without a verified sample are resampled with new seeds, up to
+    ``max_attempts`` rounds of ``samples_per_round`` samples; a sample a step verifier
+    rejects is resampled like an inconsistent one. The target's answer is extracted
+    once per row; a row some verifier can never judge (no answer in the target's
+    response; ``steps`` on a problem outside the toy world) gets one sample, "cannot
+    verify", and no resampling. Every attempt's verdicts are kept. Each sample is a
+    separate cached request (its seed is part of the key), so resampling never repeats
+    a paid call and a rerun replays them all.
 
     Attributes:
         with_summary: use the summary (the paper's two inverters: with / without).
         samples_per_round: samples per row per round.
         max_attempts: rounds of sampling for a row before it is rejected.
-        unverifiable: "keep" or "reject" rows whose consistency cannot be verified.
+        unverifiable: rows whose best sample cannot be verified: "keep" (status
+            ``unverifiable``, their own config) or "reject" (status ``rejected``).
+        verifiers: names from ``trace_inversion.verifiers.VERIFIERS``, ``answer`` first.
+        judge_model: the ``judge`` verifier's ``ModelConfig`` as a dict.
+        prm: the ``prm`` verifier's ``PRMVerifier`` arguments (model, threshold, ...).
         answer_column / summary_column: input column names.
         base_seed: seed of the first sample; sample k of round a uses
             ``base_seed + a * samples_per_round + k``.
@@ -61,17 +83,23 @@ class InvertTraces(ModelStep):
         - id, problem, and the answer and summary columns
 
     Output columns:
-        - inverted_trace (str): the accepted trace (or the last one tried).
-        - inversion_verdict (bool | None): True consistent, False rejected, None unverifiable.
+        - inverted_trace (str): the chosen trace (verified, else unverifiable, else the last tried).
+        - inversion_verdict (bool | None): True verified, False rejected, None cannot verify.
         - inversion_reason (str): why.
-        - inversion_accepted (bool): goes to ``train`` (else ``rejected``).
-        - inversion_attempts (list[dict]): every sample: round, seed, verdict, reason, trace.
+        - inversion_status (str): "verified" (goes to ``inverted``), "unverifiable" or "rejected".
+        - inversion_accepted (bool): status is "verified".
+        - inversion_attempts (list[dict]): every sample: round, seed, verdict, reason, trace, verification.
+        - verification (list[dict]): the chosen sample's verdict per verifier run:
+          ``{"verifier", "verdict" (bool | None), "reason", "first_wrong_step" (int | None)}``.
+        - step_verdict / first_wrong_step: those of the first step-level verifier run (else None).
+        - target_final_answer / target_answer_method: the target's answer as extracted, and how.
         - first_trace / first_verdict: the first sample, as an unverified pipeline would keep it.
         - inverter_model (str)
 
     Examples:
         ```python
-        step = InvertTraces(model={"backend": "toy", "model": "toy-inverter"}, cache_path="c.sqlite")
+        step = InvertTraces(model={"backend": "toy", "model": "toy-inverter"}, cache_path="c.sqlite",
+                            verifiers=["answer", "steps"])
         step.load()
         next(step.process([{"id": "1", "problem": "Evaluate left to right modulo 10: 3 + 4",
                             "target_answer": "The answer is \\\\boxed{7}.", "target_summary": "step 1 gives 7."}]))
@@ -82,10 +110,15 @@ class InvertTraces(ModelStep):
     samples_per_round: int = Field(1, ge=1, le=64)
     max_attempts: int = Field(4, ge=1, le=64)
     unverifiable: Literal["keep", "reject"] = "keep"
+    verifiers: list[str] = Field(default_factory=lambda: ["answer"])
+    judge_model: Optional[dict] = None
+    prm: Optional[dict] = None
     answer_column: str = "target_answer"
     summary_column: str = "target_summary"
     base_seed: int = 0
     progress_label: str = "invert"
+
+    _verifiers: Any = PrivateAttr(None)
 
     @property
     def inputs(self) -> "StepColumns":
@@ -93,8 +126,43 @@ class InvertTraces(ModelStep):
 
     @property
     def outputs(self) -> "StepColumns":
-        return ["inverted_trace", "inversion_verdict", "inversion_reason", "inversion_accepted",
-                "inversion_attempts", "first_trace", "first_verdict", "inverter_model"]
+        return ["inverted_trace", "inversion_verdict", "inversion_reason", "inversion_status", "inversion_accepted",
+                "inversion_attempts", "verification", "step_verdict", "first_wrong_step", "target_final_answer",
+                "target_answer_method", "first_trace", "first_verdict", "inverter_model"]
+
+    def load(self) -> None:
+        super().load()
+        from trace_inversion.verifiers import make_verifiers
+
+        if not self.verifiers or self.verifiers[0] != "answer":
+            raise ValueError(f"verifiers must start with answer, got {self.verifiers}; fix: e.g. [answer, steps]")
+        judge_kw = None
+        if self.judge_model:
+            judge_kw = {"model": self.judge_model, "cache_path": self.cache_path, "toy_world": self.toy_world,
+                        "budget_usd": self.budget_usd, "max_model_len": self.max_model_len,
+                        "budget_scope": getattr(self, "budget_scope", None)}
+        self._verifiers = make_verifiers(self.verifiers, judge_kw, self.prm)
+        for v in self._verifiers:  # a PRM or judge that cannot load fails here, not as "cannot verify" rows
+            if hasattr(v, "load"):
+                v.load()
+
+    def unload(self) -> None:
+        super().unload()  # writes the timings, the judge's usage included
+        for v in self._verifiers or []:
+            v.close()
+
+    def write_timings(self) -> None:
+        super().write_timings()
+        import json
+
+        judge = next((v for v in self._verifiers or [] if v.name == "judge"), None)
+        u = judge.usage if judge is not None else None
+        if u is not None:  # the judge's calls, beside the inverter's
+            p = self.timings_path()
+            data = json.loads(p.read_text())
+            data["judge"] = {"requests": u.requests, "cached_requests": u.cached_requests,
+                             "output_tokens": u.output_tokens, "cost_usd": u.cost_usd}
+            p.write_text(json.dumps(data, indent=2))
 
     def messages(self, row: dict) -> list[dict]:
         from trace_inversion.prompts import inverter_messages
@@ -103,19 +171,61 @@ class InvertTraces(ModelStep):
         return inverter_messages(row["problem"], row[self.answer_column] or "", summary)
 
     def accepted(self, verdict: Optional[bool]) -> bool:
-        return verdict is True or (verdict is None and self.unverifiable == "keep")
+        return verdict is True
 
     def rank(self, att: dict) -> int:
-        """2: consistent; 1: unverifiable but kept by policy; 0: rejected. Rows below 2
-        are resampled (an unverifiable trace may still be replaced by a consistent one)."""
+        """2: verified; 1: cannot verify (kept or rejected by policy, see ``status``);
+        0: rejected. Rows below 2 are resampled (an unverifiable trace may still be
+        replaced by a verified one) unless no sample can ever verify them."""
         if not att["trace"]:
             return 0
         if att["verdict"] is True:
             return 2
-        return 1 if self.accepted(att["verdict"]) else 0
+        return 1 if att["verdict"] is None else 0
+
+    def status(self, att: dict) -> str:
+        r = self.rank(att)
+        if r == 2:
+            return "verified"
+        return "unverifiable" if r == 1 and self.unverifiable == "keep" else "rejected"
+
+    def _verify_round(self, atts: list[dict], rows: list[dict], targets: list[tuple]) -> None:
+        """Answer consistency, then each step-level verifier, on the round's samples
+        that passed the filters; sets each attempt's verification, verdict and reason."""
+        from trace_inversion.verifiers import Sample, combine
+
+        live = [a for a in atts if a.pop("_passed")]
+        for v in self._verifiers:
+            todo = [a for a in live if all(x["verdict"] is not False for x in a["verification"])]
+            if not todo:
+                continue
+            samples = [Sample(rows[a["_row"]]["problem"], a["trace"], rows[a["_row"]][self.answer_column],
+                              targets[a["_row"]]) for a in todo]
+            try:
+                verdicts = v.verify(samples)
+            except Exception as e:  # noqa: BLE001 - a verifier that breaks cannot verify; the row is not lost
+                from trace_inversion.verifiers import Verdict
+
+                verdicts = [Verdict(v.name, None, f"cannot verify: verifier failed: {type(e).__name__}: {e}"[:300])
+                            for _ in todo]
+            for a, vd in zip(todo, verdicts):
+                a["verification"].append(vd.as_dict())
+        for a in live:
+            a["verdict"], a["reason"] = combine(a["verification"])
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
+        from trace_inversion.answer_matching import extract_final_answer
+        from trace_inversion.verifiers import Sample
+
         k = self.samples_per_round
+        targets = [extract_final_answer(r.get(self.answer_column)) if r.get(self.answer_column) else (None, "none")
+                   for r in inputs]
+        # rows some verifier can never judge: one sample, no resampling
+        never = set()
+        for i, row in enumerate(inputs):
+            s = Sample(row["problem"], None, row.get(self.answer_column), targets[i])
+            if any(v.applies(s) for v in self._verifiers):
+                never.add(i)
         state = {i: {"attempts": [], "best": None} for i in range(len(inputs))}
         pending = list(range(len(inputs)))
         for rnd in range(self.max_attempts):
@@ -127,32 +237,41 @@ class InvertTraces(ModelStep):
                     convs.append(self.messages(inputs[i]))
                     seeds.append(self.base_seed + rnd * k + j)
                     owners.append(i)
-            # with --retry-failed, a sample the filters rejected is requested once more
+            # with --retry-failed, a sample the filters or answer check rejected is requested once more
             results = self.call_model(convs, seeds, failure=lambda n, res: judge(
                 res.response.get("answer"), res.response.get("finish_reason"),
-                inputs[owners[n]][self.answer_column])[0] is False)
+                inputs[owners[n]][self.answer_column], targets[owners[n]])[0] is False)
+            atts = []
             for i, seed, res in zip(owners, seeds, results):
                 if res.ok:
-                    r = res.response
-                    verdict, reason, trace = judge(r.get("answer"), r.get("finish_reason"), inputs[i][self.answer_column])
+                    passed, reason, trace = filter_output(res.response.get("answer"), res.response.get("finish_reason"))
                 else:
-                    verdict, reason, trace = False, f"generation failed: {res.error}", None
-                att = {"round": rnd, "seed": seed, "verdict": verdict, "reason": reason, "trace": trace}
-                st = state[i]
+                    passed, reason, trace = False, f"generation failed: {res.error}", None
+                atts.append({"round": rnd, "seed": seed, "verdict": False if not passed else None, "reason": reason,
+                             "trace": trace, "verification": [], "_passed": passed, "_row": i})
+            self._verify_round(atts, inputs, targets)
+            for att in atts:
+                st = state[att.pop("_row")]
                 st["attempts"].append(att)
                 if st["best"] is None or self.rank(att) > self.rank(st["best"]):
                     st["best"] = att
-            pending = [i for i in pending if self.rank(state[i]["best"]) < 2]
+            pending = [i for i in pending if self.rank(state[i]["best"]) < 2 and i not in never]
         out = []
         for i, row in enumerate(inputs):
             st = state[i]
             best = st["best"]
-            # With no accepted sample, report the last attempt's rejection.
+            # With no verified or unverifiable sample, report the last attempt's rejection.
             final = best if self.rank(best) > 0 else st["attempts"][-1]
             first = st["attempts"][0]
+            step_run = next((v for v in final["verification"] if v["verifier"] != "answer"), None)
+            status = self.status(final)
             out.append(dict(row, inverted_trace=final["trace"], inversion_verdict=final["verdict"],
-                            inversion_reason=final["reason"],
-                            inversion_accepted=self.rank(final) > 0,
-                            inversion_attempts=st["attempts"], first_trace=first["trace"],
-                            first_verdict=first["verdict"], inverter_model=self.model_name))
+                            inversion_reason=final["reason"], inversion_status=status,
+                            inversion_accepted=status == "verified",
+                            inversion_attempts=st["attempts"], verification=final["verification"],
+                            step_verdict=step_run["verdict"] if step_run else None,
+                            first_wrong_step=step_run["first_wrong_step"] if step_run else None,
+                            target_final_answer=targets[i][0], target_answer_method=targets[i][1],
+                            first_trace=first["trace"], first_verdict=first["verdict"],
+                            inverter_model=self.model_name))
         yield out

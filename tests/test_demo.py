@@ -110,7 +110,7 @@ def test_demo_mid_size_ordering_data_flow_and_resume(tmp_path):
     n = MID["n_train"]
     assert len(read_split(seed / "target_query", "target")) == n
     inv = run["inversion"]
-    assert inv["kept"] + inv["rejected"] == n
+    assert inv["kept"] + inv.get("unverifiable", 0) + inv["rejected"] == n
     counts = run["rows"]
     assert counts["answer_only"] == counts["target_traces"] == n and counts["inverted_verified"] == inv["kept"]
     assert len(read_split(seed / "eval" / "target_traces", "results")) == MID["n_test"]

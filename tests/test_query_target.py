@@ -30,7 +30,7 @@ def config(tmp_path, srv=None, backend="openai-responses", **over):
         target.update(reasoning_effort="medium", reasoning_summary="auto")
     target.update(over.pop("target", {}))
     data = {"name": "t", "data": {"source": "toy", "toy": {"n_train": over.pop("n", 60), "n_test": 0}},
-            "models": {"target": target}, "output": {"dir": str(tmp_path / "out")}}
+            "models": {"target": target, **over.pop("models_extra", {})}, "output": {"dir": str(tmp_path / "out")}}
     data.update(over)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -59,16 +59,18 @@ def test_output_is_a_loadable_dataset_folder(tmp_path):
 
 def test_budget_cap_stops_cleanly_then_rerun_continues(toy_server, tmp_path):
     srv = toy_server(latency=0.02)
-    cfg, _ = config(tmp_path, srv, budget_usd=1.0, target={"concurrency": 4})
+    cfg, _ = config(tmp_path, srv, budget_usd=1.0, target={"concurrency": 4, "sampling": {"max_new_tokens": 100}})
     stats = run_query_target(cfg)
     ok, failed = outputs(tmp_path)
     assert ok.height + failed.height == 60
     assert 0 < ok.height < 60
     assert all(e.startswith("budget cap reached") for e in failed["query_error"])
     assert stats["cost_usd"] <= 1.0 and stats["new_cost_usd"] <= 1.0  # never exceeds the cap
+    assert stats["budget"]["spent_usd"] == pytest.approx(stats["new_cost_usd"], abs=1e-6)
+    assert stats["budget"]["reserved_usd"] == 0 and stats["budget"]["refused"] == failed.height
     sent = srv.stats()["total"]
     assert sent == ok.height  # rows refused by the budget were never sent
-    cfg2, _ = config(tmp_path, srv, budget_usd=100.0, target={"concurrency": 4})
+    cfg2, _ = config(tmp_path, srv, budget_usd=100.0, target={"concurrency": 4, "sampling": {"max_new_tokens": 100}})
     run_query_target(cfg2)
     ok2, failed2 = outputs(tmp_path)
     assert ok2.height == 60 and failed2.height == 0
@@ -78,7 +80,7 @@ def test_budget_cap_stops_cleanly_then_rerun_continues(toy_server, tmp_path):
 def test_dry_run_estimates_from_a_sample(toy_server, tmp_path):
     srv = toy_server()
     cfg, _ = config(tmp_path, srv, n=200, query={"dry_run_sample": 10})
-    est = dry_run(cfg, load_rows(cfg.data))
+    est = dry_run(cfg, load_rows(cfg.data), sample=True)
     assert est["sample"] == 10 and srv.stats()["total"] == 10
     assert est["estimated_total_cost_usd"] == pytest.approx(est["mean_cost_per_row_usd"] * 200, rel=1e-6)
     assert est["mean_cost_per_row_usd"] > 0
@@ -136,14 +138,19 @@ def test_responses_fault_storm_with_sigkill_and_rerun(toy_server, tmp_path):
 def test_chat_path_against_vllm_cpu_server(vllm_server, tmp_path):
     cfg, _ = config(tmp_path, backend="openai-chat", n=12,
                     target={"model": "tiny", "base_url": vllm_server.base_url, "price_input_per_mtok": 0,
-                            "price_output_per_mtok": 0, "sampling": {"max_new_tokens": 12, "temperature": 1.0, "seed": 7}},
+                            "price_output_per_mtok": 0, "sampling": {"max_new_tokens": 12, "temperature": 1.0, "seed": 7},
+                            "extra_body": {"top_k": 50, "repetition_penalty": 1.05}},
                     query={"refusal_patterns": []})
     stats = run_query_target(cfg)
     ok, failed = outputs(tmp_path)
-    assert ok.height + failed.height == 12 and ok.height > 0, stats
-    assert set(stats["failure_reasons"]) <= {"empty answer"}  # an untrained model may emit only whitespace
+    assert ok.height + failed.height == 12, stats
+    # an untrained model rambles to the 12-token cap (an incomplete answer is a content failure)
+    # or emits only whitespace; vLLM accepted every field sent (extras explicitly in extra_body)
+    assert set(stats["failure_reasons"]) <= {"empty answer", "incomplete: length (the output cap: raise "
+                                                                "sampling.max_new_tokens)"}, stats
     assert stats["output_tokens"] > 0 and stats["http_attempts"] == 12
-    assert all(0 < u["output_tokens"] <= 12 for u in ok["target_usage"].to_list())
+    usage = ok["target_usage"].to_list() + failed["target_usage"].to_list()
+    assert all(0 < u["output_tokens"] <= 12 for u in usage)
 
 
 def test_rerun_of_a_finished_stage_is_free_and_a_changed_config_reruns(toy_server, tmp_path):
@@ -159,3 +166,46 @@ def test_rerun_of_a_finished_stage_is_free_and_a_changed_config_reruns(toy_serve
     assert "reused" not in third and srv.stats()["total"] == 40  # ... replaying every request from the cache
     (tmp_path / "out" / "target_query" / "README.md").unlink()  # an output went missing: run again
     assert "reused" not in run_query_target(cfg2)
+
+
+def test_dry_run_sends_nothing_and_bounds_the_cost(toy_server, tmp_path):
+    from trace_inversion.clients import input_token_bound
+
+    srv = toy_server()
+    cfg, _ = config(tmp_path, srv, n=50, budget_usd=5.0, target={"sampling": {"max_new_tokens": 100}})
+    rows = load_rows(cfg.data)
+    est = dry_run(cfg, rows)
+    assert srv.stats()["total"] == 0 and est["sample"] == 0 and est["rows_to_send"] == 50
+    bound = sum(input_token_bound([{"role": "user", "content": r["problem"]}]) for r in rows)
+    assert est["input_tokens_bound"] == bound
+    assert est["worst_case_cost_usd"] == pytest.approx((bound + 100 * 50) * 1000 / 1e6, rel=1e-6)
+    assert est["within_budget_worst_case"] is False and est["estimated_total_cost_usd"] is None
+    stats = run_query_target(cfg)
+    assert stats["cost_usd"] <= est["worst_case_cost_usd"] and stats["new_cost_usd"] <= 5.0
+    again = dry_run(cfg, rows)  # measured from the cached responses, still without a call
+    assert srv.stats()["total"] == stats["http_attempts"] and again["rows_cached"] == stats["rows_out"]
+    assert again["mean_cost_per_row_usd"] > 0
+
+
+def test_full_trace_target_summarised_by_the_compressor(toy_server, tmp_path):
+    """A vLLM server with a reasoning parser: reasoning_content is the whole trace. It goes to
+    target_trace, and the compressor writes target_summary (the paper's open-target set-up)."""
+    from trace_inversion.toy_world import ToyWorld
+
+    srv = toy_server(flavor="vllm")
+    cfg, _ = config(tmp_path, srv, backend="openai-chat", n=30,
+                    target={"extra_body": {"top_k": 20, "chat_template_kwargs": {"enable_thinking": True}}},
+                    models_extra={"compressor": {"backend": "toy", "model": "toy-compressor"}},
+                    query={"summarize_traces_with": "compressor", "require_summary": True})
+    stats = run_query_target(cfg)
+    ok, failed = outputs(tmp_path)
+    assert ok.height == 30 and failed.height == 0, stats
+    w = ToyWorld()
+    by_text = {p.text: p for p in w.problems(30)}
+    for r in ok.iter_rows(named=True):
+        p = by_text[r["problem"]]
+        assert r["target_trace"] == w.target_response(p)["hidden_trace"]  # the full trace, not a "summary"
+        assert r["target_summary"] == w.compress(r["target_trace"])  # written by the compressor
+        assert r["summary_model"] == "toy-compressor"
+    st = srv.stats()
+    assert st["rejected"] == 0 and st["ignored_fields"] == {} and st["fields_seen"]["top_k"] == 30

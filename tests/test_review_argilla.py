@@ -358,3 +358,32 @@ def test_serve_owns_its_stack(tmp_path):
     assert third.wait(timeout=60) == 0 and "stopped on SIGHUP" in third.stderr.read()
     _wait_for(lambda: not _alive(started), 15, "the stack to stop")
     assert not (tmp_path / "other" / "stack.json").exists()
+
+
+def test_push_to_a_dataset_with_the_previous_settings_fails_clearly(argilla_stack, tmp_path):
+    """A dataset made before the verifiers' question and metadata (issue 14) is refused with
+    the fix, and nothing is logged to it."""
+    import argilla as rg
+
+    from trace_inversion.hub_cards import review
+
+    client = rg.Argilla(api_url=argilla_stack.url, api_key=argilla_stack.api_key)
+    md = dict(use_markdown=True)
+    previous = rg.Settings(  # review_settings() before the verifiers' question and metadata
+        fields=[rg.TextField(name="problem", **md), rg.TextField(name="answer", **md),
+                rg.TextField(name="summary", required=False, **md), rg.TextField(name="inverted_trace", **md)],
+        questions=[rg.LabelQuestion(name="consistent", labels=["yes", "no"]),
+                   rg.LabelQuestion(name="plausible", labels=["yes", "no"]),
+                   rg.RatingQuestion(name="rating", values=[1, 2, 3, 4, 5]),
+                   rg.TextQuestion(name="comment", required=False)],
+        metadata=[rg.TermsMetadataProperty(name="auto_verdict"), rg.TermsMetadataProperty(name="first_verdict"),
+                  rg.TermsMetadataProperty(name="reason"), rg.IntegerMetadataProperty(name="n_attempts")],
+        allow_extra_metadata=False)
+    ds = rg.Dataset(name="previous-settings", workspace=review._default_workspace(client), settings=previous,
+                    client=client).create()
+    stage = tmp_path / "inversion"
+    _inversion_folder(stage, n=3)
+    r = cli(argilla_stack, "push", str(stage), "--dataset", "previous-settings")
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "other fields/questions/metadata" in r.stderr and "fix: push to a new --dataset name" in r.stderr
+    assert len(list(ds.records)) == 0

@@ -188,8 +188,10 @@ class Reviewer:
     def answer(self, consistent=None, plausible=None, rating=None, comment=None):
         p = self.page
         for q, v in (("consistent", consistent), ("plausible", plausible), ("rating", rating)):
-            if v is not None:
-                p.locator(f'label[for="{q}_{v}"]').click()
+            label = p.locator(f'label[for="{q}_{v}"]')
+            # a pre-filled suggestion is already selected: clicking it again would clear it
+            if v is not None and "label-active" not in (label.get_attribute("class") or ""):
+                label.click()
         if comment:
             p.locator('[aria-label="Question: comment"] [contenteditable="true"]').click()
             p.keyboard.type(comment)
@@ -331,8 +333,8 @@ def test_two_reviewers_in_the_browser_then_pull(served, tmp_path):
     assert landed["r003"]["review_n"] == 0 and landed["r003"]["review_note"] == "drafts only"
     assert answers("r004") == {
         ("argilla", "discarded"): {"consistent": "no", "plausible": None, "rating": None, "comment": "garbled"}}
-    assert answers("r005") == {
-        ("argilla", "discarded"): {"consistent": None, "plausible": None, "rating": None, "comment": None}}
+    assert answers("r005") == {  # discarded untouched: the UI sends the pre-filled suggestion (verdict: no)
+        ("argilla", "discarded"): {"consistent": "no", "plausible": None, "rating": None, "comment": None}}
     assert answers("r006") == {} and landed["r006"]["review_note"] == "no responses"
     card = (out / "README.md").read_text()
     assert "1 accepted, 2 rejected and 2 discarded" in card and "3 unreviewed" in card

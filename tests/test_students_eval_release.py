@@ -131,3 +131,96 @@ def test_student_data_pipeline_on_toy_stages(tmp_path):
     inverted = {r["id"]: r for r in read_split(tmp_path / "inversion", "inverted")}
     for r in verified:
         assert r["messages"][1]["content"].startswith(f"<think>\n{inverted[r['id']]['inverted_trace']}\n</think>")
+
+
+# ----------------------------------------------------------------------------- matched rows, stale configs
+def test_matched_rows_are_those_every_nonempty_condition_shares(tmp_path):
+    from trace_inversion.pipelines.students import (conditions_section, empty_reasons, matched_ids,
+                                                    remove_stale_configs)
+
+    kept = {"answer_only": [{"id": i} for i in "abcd"], "surrogate_traces": [{"id": i} for i in "abc"],
+            "inverted_verified": [{"id": i} for i in "bcd"], "target_traces": []}
+    assert matched_ids(kept) == {"b", "c"}  # the empty oracle condition does not empty the others
+    assert matched_ids({"x": []}) == set()
+    for c in ("answer_only", "answer_only_matched", "target_traces"):
+        write_split(tmp_path, c, [{"id": "a", "messages": "m"}])
+    (tmp_path / "data" / "target_traces" / ".train.parquet.new").write_bytes(b"half")  # a crash's leftover
+    assert remove_stale_configs(tmp_path, {"answer_only", "answer_only_matched"}) == ["target_traces"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["answer_only", "answer_only_matched"]
+    reasons = empty_reasons({"answer_only": 4, "surrogate_traces": 0, "inverted_verified": 0, "target_traces": 0},
+                            None, None)
+    assert set(reasons) == {"surrogate_traces", "inverted_verified", "target_traces"}
+    assert "--run-surrogate" in reasons["surrogate_traces"] and "fix:" in reasons["inverted_verified"]
+    text = conditions_section({"conditions": {"answer_only": 4, "target_traces": 0}, "matched_rows": 4,
+                               "matched": {"answer_only_matched": 4}, "empty": {"target_traces": "closed"}})
+    assert "| answer_only | 4 | answer_only_matched | 4 |" in text and "| target_traces | 0 | - | - |" in text
+    assert "4 rows every non-empty condition shares" in text and "target_traces is empty: closed" in text
+
+
+@pytest.mark.slow
+def test_student_data_cli_runs_the_surrogate_writes_matched_variants_and_drops_stale_configs(tmp_path):
+    """Real use: query-target, invert, then `student-data --run-surrogate` (the surrogate on
+    the target's problems); every condition has a row-matched variant; a rerun in which a
+    condition comes out empty removes its shards and card entries."""
+    import json
+    import os
+    import sys
+
+    import yaml
+
+    from trace_inversion.hub_cards.card import validate_card
+
+    out = tmp_path / "run"
+    cfg = {"name": "students", "data": {"toy": {"n_train": 40, "n_ops": 5}}, "output": {"dir": str(out)},
+           "models": {"target": {"backend": "toy", "model": "toy-target"},
+                      "surrogate": {"backend": "toy", "model": "toy-surrogate"},
+                      "inverter": {"backend": "toy", "model": "toy-inverter"}},
+           "invert": {"max_attempts": 1}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "trace_inversion.cli", *args], capture_output=True, text=True,
+                           env=dict(os.environ), timeout=600)
+        assert r.returncode == 0, (args, r.stderr[-3000:])
+        return r
+
+    cli("query-target", "--config", str(path))
+    cli("invert", "--config", str(path))
+    # without the surrogate's traces, the condition is empty and says how to fill it
+    r = cli("student-data", "--config", str(path))
+    assert "note: condition surrogate_traces is empty" in r.stderr and "--run-surrogate" in r.stderr
+    assert not (out / "student_data" / "data" / "surrogate_traces").exists()
+    r = cli("student-data", "--config", str(path), "--run-surrogate")
+    stats = json.loads(r.stdout)
+    c = stats["conditions"]
+    assert c["surrogate_traces"] == len(read_split(out / "surrogate_on_targets", "traces")) == 40
+    assert c["answer_only"] == c["summary_answer"] == c["target_traces"] == c["inverted_unfiltered"] == 40
+    assert 0 < c["inverted_verified"] <= 40  # rows whose trace missed the answer are left out
+    sd = out / "student_data"
+    verified_ids = {r["id"] for r in read_split(sd, "inverted_verified")}
+    assert stats["matched_rows"] == len(verified_ids)
+    for cond, n in c.items():
+        rows = read_split(sd, f"{cond}_matched")
+        assert {r["id"] for r in rows} == verified_ids and stats["matched"][f"{cond}_matched"] == len(rows)
+        full = {r["id"]: r for r in read_split(sd, cond)}
+        assert all(full[r["id"]]["messages"] == r["messages"] for r in rows)  # the same examples, fewer rows
+    card = (sd / "README.md").read_text()
+    header = validate_card(card, sd)
+    names = {x["config_name"] for x in header["configs"]}
+    assert names == set(c) | {f"{x}_matched" for x in c}
+    assert "| surrogate_traces | 40 | surrogate_traces_matched |" in card
+    # a rerun where a condition comes out empty, and one not asked for: both leave the folder and the card
+    empty = tmp_path / "empty_surrogate"
+    write_split(empty, "traces", [], like=read_split(out / "surrogate_on_targets", "traces")[:1])
+    r = cli("student-data", "--config", str(path), "--conditions", "answer_only,surrogate_traces",
+            "--surrogate", str(empty))
+    stats = json.loads(r.stdout)
+    assert stats["conditions"] == {"answer_only": 40, "surrogate_traces": 0}
+    assert sorted(p.name for p in (sd / "data").iterdir()) == ["answer_only", "answer_only_matched"]
+    header = validate_card((sd / "README.md").read_text(), sd)
+    assert {x["config_name"] for x in header["configs"]} == {"answer_only", "answer_only_matched"}
+    card = (sd / "README.md").read_text()
+    assert "| surrogate_traces_matched |" not in card and "| inverted_verified |" not in card  # no count rows
+    assert "| surrogate_traces | 0 | - | - |" in card and "surrogate_traces is empty" in card
+    assert set(stats["removed_configs"]) >= {"surrogate_traces", "surrogate_traces_matched", "inverted_verified"}
