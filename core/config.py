@@ -58,8 +58,20 @@ class _Strict(BaseModel):
         return data
 
 
-# The paper's inversion decoding: the preset of every local role (toy, vllm, transformers).
+# The paper's inversion decoding: the preset of every local role (toy, vllm, transformers)
+# unless its role has its own below.
 PAPER_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.05, "max_new_tokens": 8192}
+# Per-role presets for local engines (vllm, transformers), filled in where `sampling` leaves
+# a field unset: the surrogate decodes as DeepSeek-R1-Distill models are meant to (the
+# paper's surrogate; long traces, no repetition penalty), the compressor with
+# Qwen2.5-Instruct's own generation defaults (the paper's zero-shot compressor; recap
+# summaries run to ~900 tokens), the judge greedily, the inverter with the paper's decoding.
+ROLE_SAMPLING = {
+    "surrogate": {"temperature": 0.6, "top_p": 0.95, "top_k": -1, "repetition_penalty": 1.0, "max_new_tokens": 32768},
+    "compressor": {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05, "max_new_tokens": 2048},
+    "judge": {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "max_new_tokens": 8192},
+    "inverter": PAPER_SAMPLING,
+}
 LOCAL_BACKENDS = ("toy", "vllm", "transformers")
 API_BACKENDS = ("openai-responses", "openai-chat")
 # What a reasoning target may write before it answers: the Responses API output cap when
@@ -509,6 +521,24 @@ class StudentsConfig(_Strict):
 
 
 class ModelsConfig(_Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _role_presets(cls, data: Any) -> Any:
+        """Each local-engine role starts from its own decoding preset (ROLE_SAMPLING)."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for role, preset in ROLE_SAMPLING.items():
+            m = out.get(role)
+            if isinstance(m, dict) and m.get("backend") in ("vllm", "transformers"):
+                given = m.get("sampling")
+                if isinstance(given, SamplingConfig):
+                    given = given.model_dump(exclude_none=True)
+                if given is None or isinstance(given, dict):
+                    out[role] = {**m, "sampling": {**preset, **{k: v for k, v in (given or {}).items()
+                                                                if v is not None}}}
+        return out
+
     target: Optional[ModelConfig] = Field(None, description="The black-box model whose reasoning is hidden.")
     surrogate: Optional[ModelConfig] = Field(None, description="Open reasoning model with visible traces.")
     compressor: Optional[ModelConfig] = Field(None, description="Turns traces into summaries.")

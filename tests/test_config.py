@@ -119,3 +119,23 @@ def test_schema_has_descriptions_for_every_field():
     walk(schema)
     for name, d in schema.get("$defs", {}).items():
         walk(d, f"{name}.")
+
+
+def test_local_roles_start_from_their_own_decoding_presets():
+    """Surrogate as R1-distill models decode, compressor with Qwen2.5-Instruct's defaults,
+    judge greedy, inverter with the paper's inversion decoding; a field the user sets wins;
+    the toy backend (which ignores sampling) keeps the paper's preset, so its keys are stable."""
+    from trace_inversion.config import PAPER_SAMPLING, ROLE_SAMPLING
+
+    cfg = load_config(None, {"models": {
+        "surrogate": {"backend": "vllm", "model": "s"},
+        "compressor": {"backend": "transformers", "model": "c", "sampling": {"temperature": 0.1}},
+        "inverter": {"backend": "vllm", "model": "i"},
+        "judge": {"backend": "vllm", "model": "j"}}})
+    m = cfg.models
+    assert m.surrogate.sampling.temperature == 0.6 and m.surrogate.sampling.max_new_tokens == 32768
+    assert m.compressor.sampling.temperature == 0.1 and m.compressor.sampling.top_k == ROLE_SAMPLING["compressor"]["top_k"]
+    assert m.judge.sampling.temperature == 0.0
+    assert {k: getattr(m.inverter.sampling, k) for k in PAPER_SAMPLING} == PAPER_SAMPLING
+    toy = load_config(None, {"models": {"surrogate": {"backend": "toy", "model": "toy-surrogate"}}})
+    assert {k: getattr(toy.models.surrogate.sampling, k) for k in PAPER_SAMPLING} == PAPER_SAMPLING
