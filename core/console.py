@@ -117,7 +117,8 @@ def render_live(label: str, parts: list[dict], seconds: float) -> str:
     total = sum(p["total"] or 0 for p in parts)
     text = f"  {label:<22} "
     text += f"[{_bar(done / total if total else 0)}] " if total else ""
-    text += " · ".join(f"{p['label']} {p['done']:,}/{p['total'] or '?'}" for p in parts) or "starting"
+    text += " · ".join(f"{p['label']} {p['done']:,}/" + (f"{p['total']:,}" if p["total"] else "?")
+                       for p in parts) or "starting"
     failed = sum(p["failed"] for p in parts)
     cost = sum(p["cost"] for p in parts)
     if failed:
