@@ -62,3 +62,23 @@ class Generator:
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()
+
+
+def model_generator(model: dict, cache_path: str, toy_world: Optional[dict] = None, budget_usd: Optional[float] = None,
+                    budget_scope: Optional[str] = None, max_model_len: Optional[int] = None) -> "Generator":
+    """The Generator a step (or a verifier) runs one model role with: the run's request
+    cache (secret values of the role's key kept out of it), the run's one budget ledger
+    (``budget_scope``: every process and replica of the run draws on the same cap), the
+    toy world's settings for the toy backend, and vLLM in-process (inside a distilabel
+    worker, which may not have children)."""
+    from .config import ToyWorldConfig
+
+    cfg = ModelConfig.model_validate(model)
+    world = ToyWorld.from_config(ToyWorldConfig.model_validate(toy_world or {}))
+    kw: dict = {}
+    if cfg.backend == "vllm":
+        kw["in_process"] = True
+        if max_model_len:
+            kw["max_model_len"] = max_model_len
+    return Generator(cfg, RequestCache(cache_path, secret_env=(cfg.api_key_env,)), world=world,
+                     budget=Budget.shared(cache_path, budget_usd, budget_scope), **kw)

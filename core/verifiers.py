@@ -304,24 +304,11 @@ class JudgeVerifier:
 
     def load(self):
         if self._gen is None:
-            from .cache import RequestCache
-            from .clients import Budget
-            from .config import ModelConfig, ToyWorldConfig
-            from .generation import Generator
-            from .toy_world import ToyWorld
+            from .generation import model_generator
 
-            cfg = ModelConfig.model_validate(self.model)
-            world = ToyWorld.from_config(ToyWorldConfig.model_validate(self.toy_world or {}))
-            kw: dict = {}
-            if cfg.backend == "vllm":
-                kw["in_process"] = True
-                if self.max_model_len:
-                    kw["max_model_len"] = self.max_model_len
             # the run's budget: the judge's spending draws on the same cap as the inverter's
-            budget = (Budget.shared(self.cache_path, self.budget_usd, self.budget_scope) if hasattr(Budget, "shared")
-                      else Budget(self.budget_usd))
-            self._gen = Generator(cfg, RequestCache(self.cache_path, secret_env=(cfg.api_key_env,)), world=world,
-                                  budget=budget, **kw)
+            self._gen = model_generator(self.model, self.cache_path, self.toy_world, self.budget_usd,
+                                        self.budget_scope, self.max_model_len)
         return self._gen
 
     @property

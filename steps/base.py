@@ -42,24 +42,10 @@ class ModelStep(Step):
 
     def load(self) -> None:
         super().load()
-        from trace_inversion.cache import RequestCache
-        from trace_inversion.clients import Budget
-        from trace_inversion.config import ModelConfig, ToyWorldConfig
-        from trace_inversion.generation import Generator
-        from trace_inversion.toy_world import ToyWorld
+        from trace_inversion.generation import model_generator
 
-        cfg = ModelConfig.model_validate(self.model)
-        world = ToyWorld.from_config(ToyWorldConfig.model_validate(self.toy_world or {}))
-        kw: dict = {}
-        if cfg.backend == "vllm":
-            kw["in_process"] = True
-            if self.max_model_len:
-                kw["max_model_len"] = self.max_model_len
-        self._gen = Generator(cfg, RequestCache(self.cache_path, secret_env=(cfg.api_key_env,)), world=world,
-                              # one ledger per run (budget_scope, set by the pipeline) in the request cache:
-                              # every process and replica of the run draws on the same cap
-                              budget=Budget.shared(self.cache_path, self.budget_usd, getattr(self, "budget_scope", None)),
-                              **kw)
+        self._gen = model_generator(self.model, self.cache_path, self.toy_world, self.budget_usd,
+                                    getattr(self, "budget_scope", None), self.max_model_len)
 
     def unload(self) -> None:
         if self._bar is not None:
