@@ -22,6 +22,9 @@ baseline. (For the record, not re-measured here: the previous matcher, which red
 unboxed answers to their last number, did 5,223 rows/s on the boxed mix in one process
 on the 2-core development machine, cold.)
 
+- ``toy_step_checker``: the ``steps`` verifier (the toy world's exact step checker) on
+  surrogate traces with systematic errors, one process.
+
 Run: python benchmarks/consistency.py [--rows 20000] [--corpus-passes 3]
 """
 
@@ -147,6 +150,24 @@ def bench_corpus(passes: int) -> dict:
             "ms_per_row": round(1000 * total / (passes * len(rows)), 2)}
 
 
+def bench_toy_steps(n_rows: int) -> dict:
+    """The toy world's exact step checker (the ``steps`` verifier) on surrogate traces of
+    5-operation problems with its systematic errors: a mix of right and wrong steps."""
+    from trace_inversion.toy_world import ToyWorld
+    from trace_inversion.verifiers import ToyStepsVerifier
+
+    w = ToyWorld(seed=0, n_ops=5, surrogate_errors="systematic")
+    problems, _ = w.splits(n_rows, 0)
+    rows = [(p.text, w.surrogate_response(p).split("</think>")[0]) for p in problems]
+    v = ToyStepsVerifier()
+    t = time.perf_counter()
+    verdicts = [v.verify_one(prob, trace).verdict for prob, trace in rows]
+    one = n_rows / (time.perf_counter() - t)
+    return {"rows": n_rows, "verdicts": {"all_steps_right": verdicts.count(True), "a_step_wrong": verdicts.count(False),
+                                         "cannot_verify": verdicts.count(None)},
+            "rows_per_s_1_process": round(one, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=20000)
@@ -161,6 +182,7 @@ def main() -> None:
         "boxed": bench_boxed(a.rows),
         "boxed_with_symbolic_equivalents": bench_boxed_symbolic(a.rows // 4, a.symbolic_share),
         "realistic_corpus": bench_corpus(a.corpus_passes),
+        "toy_step_checker": bench_toy_steps(a.rows // 4),
     }
     print(json.dumps(out, indent=2))
 
