@@ -185,8 +185,11 @@ class Reviewer:
     def total(self) -> int:
         return int(self.page.locator('[aria-label="Total Records"]').inner_text().split()[-1])
 
-    def answer(self, consistent=None, plausible=None, rating=None, comment=None):
+    def answer(self, consistent=None, plausible=None, rating=None, comment=None, clear=False):
         p = self.page
+        if clear:  # a reviewer un-selects the pre-filled suggestions (clicking a selected label clears it)
+            for active in p.locator(".label-active").all():
+                active.click()
         for q, v in (("consistent", consistent), ("plausible", plausible), ("rating", rating)):
             label = p.locator(f'label[for="{q}_{v}"]')
             # a pre-filled suggestion is already selected: clicking it again would clear it
@@ -245,7 +248,7 @@ OWNER_PLAN = {
     2: ("submit", dict(consistent="yes", plausible="yes", rating=4)),
     3: ("draft", dict(consistent="yes")),                      # partial answers, saved as draft
     4: ("discard", dict(consistent="no", comment="garbled")),  # discarded with answers
-    5: ("discard", {}),                                        # discarded without any answer
+    5: ("discard", dict(clear=True)),                          # suggestion cleared, discarded without any answer
 }
 REVIEWER2_PLAN = {  # reached through the metadata filter auto_verdict = unverifiable
     0: ("submit", dict(consistent="no", plausible="no", rating=1)),
@@ -333,8 +336,8 @@ def test_two_reviewers_in_the_browser_then_pull(served, tmp_path):
     assert landed["r003"]["review_n"] == 0 and landed["r003"]["review_note"] == "drafts only"
     assert answers("r004") == {
         ("argilla", "discarded"): {"consistent": "no", "plausible": None, "rating": None, "comment": "garbled"}}
-    assert answers("r005") == {  # discarded untouched: the UI sends the pre-filled suggestion (verdict: no)
-        ("argilla", "discarded"): {"consistent": "no", "plausible": None, "rating": None, "comment": None}}
+    assert answers("r005") == {  # the pre-filled suggestion cleared, then discarded: no answers at all
+        ("argilla", "discarded"): {"consistent": None, "plausible": None, "rating": None, "comment": None}}
     assert answers("r006") == {} and landed["r006"]["review_note"] == "no responses"
     card = (out / "README.md").read_text()
     assert "1 accepted, 2 rejected and 2 discarded" in card and "3 unreviewed" in card
