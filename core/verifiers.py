@@ -140,6 +140,14 @@ def split_steps(trace: Optional[str]) -> list[str]:
     return [(trace or "")[a:b] for a, b in step_spans(trace)]
 
 
+def steps_to_check(verifier: str, samples: list) -> tuple[list[list[str]], list[int], list]:
+    """For a step-level verifier: each sample's steps, the indices of those with any, and
+    the verdicts to fill in (a trace with no steps cannot be verified)."""
+    steps = [split_steps(s.trace) for s in samples]
+    todo = [i for i, st in enumerate(steps) if st]
+    return steps, todo, [Verdict(verifier, None, "cannot verify: no steps in the trace") for _ in samples]
+
+
 def step_at(trace: Optional[str], offset: int) -> int:
     """Index of the step that holds character ``offset`` of ``trace``."""
     spans = step_spans(trace)
@@ -319,9 +327,7 @@ class JudgeVerifier:
         return None
 
     def verify(self, samples: list[Sample]) -> list[Verdict]:
-        steps = [split_steps(s.trace) for s in samples]
-        todo = [i for i, st in enumerate(steps) if st]
-        out = [Verdict(self.name, None, "cannot verify: no steps in the trace") for _ in samples]
+        steps, todo, out = steps_to_check(self.name, samples)
         if not todo:
             return out
         err = ""
@@ -438,9 +444,7 @@ class PRMVerifier:
         return None
 
     def verify(self, samples: list[Sample]) -> list[Verdict]:
-        steps = [split_steps(s.trace) for s in samples]
-        todo = [i for i, st in enumerate(steps) if st]
-        out = [Verdict(self.name, None, "cannot verify: no steps in the trace") for _ in samples]
+        steps, todo, out = steps_to_check(self.name, samples)
         rewards = self.step_rewards([(samples[i].problem, steps[i]) for i in todo]) if todo else []
         for i, rw in zip(todo, rewards):
             if rw is None:
