@@ -332,10 +332,9 @@ def _maybe_billed(exc: BaseException) -> bool:
 class BaseClient:
     backend = "base"
 
-    def __init__(self, cfg: ModelConfig, cache: RequestCache, rng_seed: int = 0, budget: Optional[Budget] = None):
+    def __init__(self, cfg: ModelConfig, rng_seed: int = 0, budget: Optional[Budget] = None):
         self.cfg = cfg
-        self.cache = cache
-        self.usage = Usage()
+        self.usage = Usage()  # what this client paid: responses and failed attempts (cache hits are counted by the cache layer)
         self.budget = budget or Budget(None)
         self._sem: Optional[asyncio.Semaphore] = None
         self._sem_loop: Optional[asyncio.AbstractEventLoop] = None
@@ -344,11 +343,6 @@ class BaseClient:
     # subclasses: payload for the cache key, and the raw call
     def payload(self, messages: Messages, seed: Optional[int] = None) -> dict:
         return chat_payload(self.cfg, messages, seed)
-
-    def key(self, messages: Messages, seed: Optional[int] = None, retry: int = 0) -> str:
-        from .cache import request_key
-
-        return request_key(self.backend, self.cfg.model, with_retry(self.payload(messages, seed), retry))
 
     async def _call(self, messages: Messages, seed: Optional[int] = None) -> dict:
         raise NotImplementedError
@@ -366,9 +360,10 @@ class BaseClient:
             return 0.0
         return c
 
-    async def query(self, messages: Messages, seed: Optional[int] = None, retry: int = 0) -> CallResult:
-        """One request; ``seed`` (for resampling) overrides the sampling seed and is
-        part of the cache key, as is ``retry`` (see ``with_retry``)."""
+    async def call(self, messages: Messages, seed: Optional[int] = None) -> CallResult:
+        """One paid request, not cached (``models.CachedModel`` is the one cache path and
+        calls this only on a miss): retries with backoff, the budget reserved per attempt.
+        ``seed`` (for resampling) overrides the sampling seed."""
         loop = asyncio.get_running_loop()
         if self._sem is None or self._sem_loop is not loop:
             # Steps run one event loop per batch; a semaphore belongs to one loop.
@@ -417,28 +412,12 @@ class BaseClient:
                                                   max_wait=cfg.max_retry_wait_s))
 
         try:
-            response, cached = await self.cache.acall(self.backend, self.cfg.model,
-                                                      with_retry(self.payload(messages, seed), retry), paid_call)
+            response = await paid_call()
         except (PermanentError, BudgetExceeded) as e:
             return CallResult(False, error=str(e), attempts=attempts, latency_s=time.monotonic() - t0)
-        self.usage.add(response.get("usage", {}), cost_of(response.get("usage", {}), self.cfg), cached)
-        return CallResult(True, response=self.present(response), attempts=attempts, cached=cached,
-                          latency_s=time.monotonic() - t0)
+        self.usage.add(response.get("usage", {}), cost_of(response.get("usage", {}), self.cfg), False)
+        return CallResult(True, response=response, attempts=attempts, latency_s=time.monotonic() - t0)
 
-    async def query_many(self, batch: list[Messages], seeds: Optional[list[Optional[int]]] = None,
-                         retries: Optional[list[int]] = None) -> list[CallResult]:
-        seeds = seeds or [None] * len(batch)
-        retries = retries or [0] * len(batch)
-        return list(await asyncio.gather(*(self.query(m, sd, rt) for m, sd, rt in zip(batch, seeds, retries))))
-
-    def query_many_sync(self, batch: list[Messages], seeds: Optional[list[Optional[int]]] = None,
-                        retries: Optional[list[int]] = None) -> list[CallResult]:
-        async def go():
-            try:
-                return await self.query_many(batch, seeds, retries)
-            finally:
-                await self.aclose()
-        return asyncio.run(go())
 
     async def aclose(self) -> None:
         pass
@@ -449,8 +428,8 @@ class ToyTargetClient(BaseClient):
 
     backend = "toy"
 
-    def __init__(self, cfg: ModelConfig, cache: RequestCache, world: Optional[ToyWorld] = None, **kw):
-        super().__init__(cfg, cache, **kw)
+    def __init__(self, cfg: ModelConfig, world: Optional[ToyWorld] = None, **kw):
+        super().__init__(cfg, **kw)
         self.world = world or ToyWorld()
 
     async def _call(self, messages: Messages, seed: Optional[int] = None) -> dict:
@@ -524,8 +503,8 @@ def credential_problems(cfg: ModelConfig, role: str = "target") -> list[str]:
 
 
 class _OpenAIBase(BaseClient):
-    def __init__(self, cfg: ModelConfig, cache: RequestCache, **kw):
-        super().__init__(cfg, cache, **kw)
+    def __init__(self, cfg: ModelConfig, **kw):
+        super().__init__(cfg, **kw)
         self._client = None
 
     def client(self):
@@ -717,11 +696,20 @@ def parse_chat_output(r: dict) -> dict:
 
 
 def make_client(cfg: ModelConfig, cache: RequestCache, world: Optional[ToyWorld] = None,
-                budget: Optional[Budget] = None) -> BaseClient:
+                budget: Optional[Budget] = None):
+    """The model of ``cfg`` behind the one request cache (``models.CachedModel``): a
+    client with ``query``, ``query_many``, ``query_many_sync``, ``usage`` and ``key``."""
+    from .models import CachedModel, llm_from_config
+
+    return CachedModel(llm_from_config(cfg, toy_world=world), cache, budget=budget)
+
+
+def request_client(cfg: ModelConfig, world: Optional[ToyWorld] = None, budget: Optional[Budget] = None) -> BaseClient:
+    """The uncached request client of an API or toy backend (used by the models layer)."""
     if cfg.backend == "toy":
-        return ToyTargetClient(cfg, cache, world=world, budget=budget)
+        return ToyTargetClient(cfg, world=world, budget=budget)
     if cfg.backend == "openai-responses":
-        return OpenAIResponsesClient(cfg, cache, budget=budget)
+        return OpenAIResponsesClient(cfg, budget=budget)
     if cfg.backend == "openai-chat":
-        return OpenAIChatClient(cfg, cache, budget=budget)
+        return OpenAIChatClient(cfg, budget=budget)
     raise ValueError(f"backend {cfg.backend!r} has no request client here; fix: use toy, openai-responses or openai-chat")

@@ -41,6 +41,23 @@ class ConfigError(UserError, ValueError):
         super().__init__(f"invalid configuration{where} ({len(problems)} problem(s)):\n{lines}")
 
 
+class TemplateError(ConfigError):
+    """A prompt or format template (a file a config names) that cannot be used: missing,
+    unreadable, empty, or without a placeholder it needs."""
+
+
+def _template_file(path: Optional[str], required: tuple[str, ...] = ()) -> Optional[str]:
+    """A template file a config names, checked before any model call (see ``prompts``)."""
+    if path is None:
+        return path
+    from .prompts import read_template
+
+    _, problem = read_template(path, required)
+    if problem:
+        raise ValueError(problem)
+    return path
+
+
 class _Strict(BaseModel):
     # Unknown keys are errors (a typo must not silently fall back to a default).
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -170,7 +187,21 @@ class ModelConfig(_Strict):
     price_cached_input_per_mtok: Optional[float] = Field(
         None, ge=0, description="USD per million cached input tokens (usage input_tokens_details.cached_tokens / "
         "prompt_tokens_details.cached_tokens); unset: the input price.")
-    tensor_parallel_size: int = Field(1, ge=1, le=64, description="vLLM tensor parallelism.")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="vLLM tensor parallelism; also the number of "
+                                      "GPUs the role's step is placed on.")
+    gpu_memory_utilization: Optional[float] = Field(
+        None, gt=0, le=1, description="vllm: share of each GPU's memory the engine may take (vLLM's default: 0.9). "
+        "Two local roles on one GPU need shares that sum to <= 1.")
+    max_model_len: Optional[int] = Field(None, ge=64, description="vllm: context length (prompt + output); unset: "
+                                         "the stage's max_model_len, else the model's.")
+    dtype: Optional[str] = Field(None, description="Local backends: weights dtype (auto, float16, bfloat16, "
+                                 "float32); unset: the checkpoint's on a GPU, float32 on a CPU.")
+    engine_kwargs: Optional[dict[str, Any]] = Field(
+        None, description="Local backends: further keyword arguments, as given, to vllm.LLM (e.g. enable_prefix_"
+        "caching, quantization) or to transformers' from_pretrained (e.g. attn_implementation).")
+    cuda_devices: Optional[list[int]] = Field(
+        None, description="Local backends: the CUDA devices of this role; unset: distilabel's placement gives each "
+        "local role its own free device(s) (tensor_parallel_size of them).")
     model_revision: Optional[str] = Field(
         None, description="A revision you declare for the model (a snapshot date, a checkpoint hash): part of every "
         "request key, so a retrained checkpoint served under the same name never replays the old one's outputs.")
@@ -216,6 +247,12 @@ class ModelConfig(_Strict):
             raise ValueError(f"model folder {self.model!r} does not exist; fix: point model at a saved model folder or a Hub id")
         if self.backend not in ("openai-responses",) and (self.reasoning_effort or self.reasoning_summary):
             raise ValueError("reasoning_effort/reasoning_summary apply only to backend openai-responses; fix: remove them")
+        if self.backend not in ("vllm", "transformers"):
+            for name in ("gpu_memory_utilization", "max_model_len", "dtype", "engine_kwargs", "cuda_devices"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} applies only to the local backends (vllm, transformers); fix: remove it")
+        elif self.backend == "transformers" and (self.gpu_memory_utilization is not None or self.max_model_len):
+            raise ValueError("gpu_memory_utilization/max_model_len apply only to backend vllm; fix: remove them")
         if self.backend not in API_BACKENDS:
             for name in ("reasoning_field", "store", "extra_body"):
                 if getattr(self, name) is not None:
@@ -444,6 +481,11 @@ class InverterDataConfig(_Strict):
             raise ValueError(f"{v!r} does not exist; fix: check the path")
         return v
 
+    @field_validator("prompt_file")
+    @classmethod
+    def _prompt(cls, v: Optional[str]) -> Optional[str]:
+        return _template_file(v)
+
 
 class InvertConfig(_Strict):
     """Inversion with verified synthesis (the invert stage)."""
@@ -482,6 +524,14 @@ class InvertConfig(_Strict):
     ground_truth_column: Optional[str] = Field("target_trace", description="Column with ground-truth traces for "
                                                "overlap metrics (open targets, toy world); skipped when absent.")
     max_model_len: Optional[int] = Field(None, ge=64, description="vLLM context length for local engines.")
+    user_template_file: Optional[str] = Field(
+        None, description="A file replacing the inverter's user message template (used by build-inverter-data for "
+        "the SFT examples and by invert, so the inverter is queried as it was trained). Placeholders {problem}, "
+        "{answer} and {summary} are required; without a summary the paragraph (text between blank lines) holding "
+        "{summary} is left out. Other braces are literal. Default: prompts.INVERTER_USER_TEMPLATE.")
+    system_prompt_file: Optional[str] = Field(
+        None, description="A file whose text is sent as the inverter's system message (in the SFT examples and in "
+        "invert). Default: no system message.")
 
     @field_validator("source")
     @classmethod
@@ -489,6 +539,16 @@ class InvertConfig(_Strict):
         if v is not None and not Path(v).exists():
             raise ValueError(f"{v!r} does not exist; fix: point invert.source at a query-target output folder or a file")
         return v
+
+    @field_validator("user_template_file")
+    @classmethod
+    def _user_template(cls, v: Optional[str]) -> Optional[str]:
+        return _template_file(v, ("problem", "answer", "summary"))
+
+    @field_validator("system_prompt_file")
+    @classmethod
+    def _system_prompt(cls, v: Optional[str]) -> Optional[str]:
+        return _template_file(v)
 
     @field_validator("verifiers")
     @classmethod
@@ -518,6 +578,24 @@ class StudentsConfig(_Strict):
                                 "(CLI: student-data --run-surrogate).")
     matched: bool = Field(True, description="Also write <condition>_matched beside each condition: the rows every "
                           "non-empty condition shares, so conditions compare on the same problems.")
+    user_template_file: Optional[str] = Field(
+        None, description="A file replacing the students' user message template; placeholder {problem} required. "
+        "Default: the bare problem (prompts.STUDENT_USER_TEMPLATE).")
+    response_template_file: Optional[str] = Field(
+        None, description="A file replacing the students' assistant turn for conditions with reasoning; "
+        "placeholders {reasoning} and {answer} required (answer_only stays the bare answer). Default: "
+        "prompts.STUDENT_RESPONSE_TEMPLATE, <think>\\n{reasoning}\\n</think>\\n\\n{answer}, which evaluation "
+        "reads back.")
+
+    @field_validator("user_template_file")
+    @classmethod
+    def _user_template(cls, v: Optional[str]) -> Optional[str]:
+        return _template_file(v, ("problem",))
+
+    @field_validator("response_template_file")
+    @classmethod
+    def _response_template(cls, v: Optional[str]) -> Optional[str]:
+        return _template_file(v, ("reasoning", "answer"))
 
 
 class ModelsConfig(_Strict):

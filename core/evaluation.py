@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 from .answer_matching import answers_match, extract_final_answer
 from .prompts import final_answer_text
+from .toy_world import REFERENCE_COLUMN
 
 
 def is_truncated(output: Optional[str], finish_reason: Optional[str] = None) -> bool:
@@ -56,11 +57,11 @@ def summarize(per_seed: dict[str, list[dict]]) -> dict:
 
 
 def evaluate_model(model_cfg, rows: list[dict], cache, seeds: Sequence[Optional[int]] = (None,),
-                   reference_column: str = "reference_answer") -> tuple[dict, list[dict]]:
+                   reference_column: str = REFERENCE_COLUMN) -> tuple[dict, list[dict]]:
     """Generate an answer for each row (once per seed) and score it."""
-    from .generation import Generator
+    from .models import CachedModel, llm_from_config
 
-    gen = Generator(model_cfg, cache)
+    gen = CachedModel(llm_from_config(model_cfg), cache)
     per_seed: dict[str, list[dict]] = {}
     all_rows = []
     try:
@@ -76,3 +77,65 @@ def evaluate_model(model_cfg, rows: list[dict], cache, seeds: Sequence[Optional[
     finally:
         gen.close()
     return summarize(per_seed), all_rows
+
+
+def add_parser(subparsers) -> None:
+    """The ``evaluate`` command."""
+    from .cli_options import add_force
+
+    p = subparsers.add_parser("evaluate", help="pipeline: evaluate a trained student on a benchmark",
+                              description="Generate with a model (transformers or vLLM) on a benchmark (toy, a local "
+                                          "file, or a Hub dataset id such as HuggingFaceH4/MATH-500), extract the "
+                                          "final answer and score it with the consistency filter's matcher; several "
+                                          "seeds give mean and spread.")
+    p.add_argument("--model", required=True)
+    p.add_argument("--benchmark", default="toy", help="toy | FILE | Hub id")
+    p.add_argument("--split", default="test")
+    p.add_argument("--subset", help="Hub dataset subset (config name), e.g. main for openai/gsm8k")
+    p.add_argument("--problem-column", default="problem")
+    p.add_argument("--answer-column", default="answer")
+    p.add_argument("--id-column", default="unique_id")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seeds", type=int, default=1, help="sampling seeds (use with --temperature > 0)")
+    p.add_argument("--toy-seed", type=int, default=0)
+    p.add_argument("--toy-n-train", type=int, default=2000)
+    p.add_argument("--toy-n-ops", type=int, default=6)
+    p.add_argument("--output", "-o", required=True)
+    add_force(p)
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from .cache import RequestCache
+    from .cli_options import claim, print_json
+    from .config import DataConfig, ModelConfig
+    from .data import load_rows
+    from .errors import UserError
+    from .io import write_json, write_split
+
+    if args.benchmark == "toy":
+        data = DataConfig(toy={"seed": args.toy_seed, "n_train": args.toy_n_train, "n_test": args.limit or 500,
+                               "n_ops": args.toy_n_ops})
+        rows = load_rows(data, "test")
+        ref = REFERENCE_COLUMN
+    else:
+        data = DataConfig(source=args.benchmark, split=args.split, subset=args.subset,
+                          problem_column=args.problem_column, id_column=args.id_column, limit=args.limit)
+        rows = load_rows(data, args.split)
+        ref = args.answer_column
+        missing = [r["id"] for r in rows if r.get(ref) in (None, "")]
+        if missing:
+            raise UserError(f"{len(missing)} rows lack {ref!r} (first: {missing[0]}); fix: set --answer-column")
+    sampling = {"temperature": args.temperature, "top_p": 1.0 if args.temperature == 0 else 0.95, "top_k": -1,
+                "repetition_penalty": 1.0, "max_new_tokens": args.max_new_tokens}
+    mcfg = ModelConfig(backend=args.backend, model=args.model, sampling=sampling)
+    out = claim(args.output, args)
+    seeds = list(range(args.seeds)) if args.seeds > 1 else [None]
+    summary, per_row = evaluate_model(mcfg, rows, RequestCache(out / "requests.sqlite"), seeds, reference_column=ref)
+    write_split(out, "results", per_row)
+    write_json(summary, out / "accuracy.json")
+    print_json(summary)
+    return 0

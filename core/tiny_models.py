@@ -166,3 +166,27 @@ def cached_tiny_lm(cache_root: str | os.PathLike, corpus: Optional[list[str]] = 
     if not (target / "config.json").exists():
         build_tiny_lm(target, corpus, **params)
     return target
+
+
+def add_parser(subparsers) -> None:
+    """The ``tiny-model`` command."""
+    from .cli_options import add_force
+
+    p = subparsers.add_parser("tiny-model", help="tool: build a tiny causal LM + tokenizer in code (offline)",
+                              description="Build a randomly initialised tiny Llama with a locally trained BPE "
+                                          "tokenizer and a ChatML template with generation markers.")
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vocab-size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    add_force(p)
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    path = build_tiny_lm(args.output, hidden_size=args.hidden_size, num_layers=args.layers,
+                         num_heads=args.heads, vocab_size=args.vocab_size, seed=args.seed, force=args.force)
+    print(f"tiny model saved to {path}")
+    return 0

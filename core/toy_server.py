@@ -8,7 +8,16 @@ Endpoints:
 - a user message in ProcessBench's judge format (``verifiers.JUDGE_TEMPLATE``) is
   answered by the toy judge (``judge_answer``), on either endpoint;
 - ``GET /v1/models``; ``GET /stats`` (request counts per request-body hash, in-flight
-  count) and ``POST /reset``.
+  count) and ``POST /reset``;
+- the Batch API: ``POST /v1/files`` (multipart; a ``purpose=batch`` file is validated as
+  the service does: ``.jsonl``, each line ``custom_id``/``method``/``url``/``body``, unique
+  custom_ids, a batch URL), ``GET /v1/files/{id}`` and ``/content``, ``POST /v1/batches``
+  (the lines' URL must be the batch ``endpoint``; ``completion_window`` 24h; metadata),
+  ``GET /v1/batches/{id}``, ``GET /v1/batches`` (newest first, ``after``/``limit``) and
+  ``POST /v1/batches/{id}/cancel``. Each line runs through the same handler as a direct
+  request; ``--batch-delay`` holds a batch in ``validating``/``in_progress``,
+  ``--batch-expire-after`` expires it after that many lines. ``/stats`` counts
+  ``batch_creates``.
 
 Faults are injected on demand so clients can be tested for real: latency, 429 with
 ``Retry-After`` (``--retry-after-form``: seconds, ``ms`` as ``retry-after-ms``, or an
@@ -78,6 +87,8 @@ class Faults:
     seed: int = 0
     retry_after_form: str = "seconds"  # seconds | ms | date
     reasoning_spread: float = 0.0  # reasoning tokens x (1 + spread * U[0,1)): variable costs
+    batch_delay: float = 0.0  # Batch API: seconds a batch spends validating + in_progress before it finishes
+    batch_expire_after: int = -1  # Batch API: lines a batch runs before it expires (the rest: batch_expired); -1 never
 
 
 @dataclass
@@ -97,6 +108,11 @@ class ServerState:
     fields_seen: Counter = field(default_factory=Counter)  # top-level request fields received
     billed: Counter = field(default_factory=Counter)  # input_tokens, cached_input_tokens, output_tokens, responses
     system_prompts: set = field(default_factory=set)  # seen system prompts (reported as cached input)
+    files: dict = field(default_factory=dict)  # Batch API: file id -> {"object": FileObject, "content": bytes}
+    batches: dict = field(default_factory=dict)  # Batch API: batch id -> Batch object (insertion order = age)
+    batch_creates: int = 0  # successful POST /v1/batches (a client must never submit the same work twice)
+    batch_api_calls: Counter = field(default_factory=Counter)  # "METHOD route" -> calls to the file/batch endpoints
+    batch_tasks: set = field(default_factory=set)  # running batch jobs (references keep them alive)
 
 
 def _body_key(body: dict) -> str:
@@ -452,7 +468,9 @@ def make_app(state: ServerState):
             "counts": dict(state.counts), "paid": dict(state.paid), "auth_sha256": sorted(state.auth_sha256),
             "flavor": state.flavor, "rejected": sum(state.rejected.values()), "rejected_reasons": dict(state.rejected),
             "ignored_fields": dict(state.ignored_fields), "fields_seen": dict(state.fields_seen),
-            "billed": dict(state.billed),
+            "billed": dict(state.billed), "batch_creates": state.batch_creates,
+            "batches": {bid: b["status"] for bid, b in state.batches.items()},
+            "batch_api_calls": dict(state.batch_api_calls), "files": len(state.files),
         })
 
     async def reset(request):
@@ -462,6 +480,8 @@ def make_app(state: ServerState):
         for c in (state.rejected, state.ignored_fields, state.fields_seen, state.billed):
             c.clear()
         state.system_prompts.clear()
+        state.batch_creates = 0
+        state.batch_api_calls.clear()
         return web.json_response({"ok": True})
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -470,7 +490,338 @@ def make_app(state: ServerState):
     app.router.add_get("/v1/models", models)
     app.router.add_get("/stats", stats)
     app.router.add_post("/reset", reset)
+    add_batch_routes(app, state, handle)
     return app
+
+
+# ----------------------------------------------------------------------------- Batch API
+BATCH_ENDPOINTS = ("/v1/responses", "/v1/chat/completions")  # what the toy can run (the service takes more)
+FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+BATCH_MAX_LINES = 50_000
+
+
+class _LineRequest:
+    """A batch line as the request handler reads it (its JSON body and the batch's auth)."""
+
+    def __init__(self, body: dict, auth: str):
+        self._body = body
+        self.headers = {"Authorization": auth} if auth else {}
+
+    async def json(self) -> dict:
+        return self._body
+
+
+def _oid(prefix: str) -> str:
+    return prefix + "".join(random.choice("0123456789abcdef") for _ in range(24))
+
+
+def _err(message: str, status: int = 400, param=None, code=None, line=None):
+    from aiohttp import web
+
+    e = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    if line is not None:
+        e["line"] = line
+    return web.json_response({"error": e}, status=status)
+
+
+def parse_batch_input(content: bytes) -> tuple[list[dict] | None, tuple | None]:
+    """(lines, None) or (None, (message, code, line)) as the service validates a batch
+    input file: JSONL, each line an object with a unique string ``custom_id``, ``method``
+    POST, a supported ``url`` and an object ``body``."""
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, ("The batch input file is not valid UTF-8.", "invalid_file", None)
+    lines, seen = [], set()
+    raw = [ln for ln in text.splitlines()]
+    while raw and not raw[-1].strip():
+        raw.pop()
+    if not raw:
+        return None, ("The batch input file is empty.", "empty_file", None)
+    if len(raw) > BATCH_MAX_LINES:
+        return None, (f"The batch input file has more than {BATCH_MAX_LINES} requests.", "too_many_tasks", None)
+    for n, ln in enumerate(raw, 1):
+        try:
+            obj = json.loads(ln)
+        except ValueError:
+            return None, (f"Line {n}: This line is not parseable as valid JSON.", "invalid_json_line", n)
+        if not isinstance(obj, dict):
+            return None, (f"Line {n}: expected a JSON object.", "invalid_request", n)
+        for k in obj:
+            if k not in ("custom_id", "method", "url", "body"):
+                return None, (f"Line {n}: Unrecognized field '{k}'.", "invalid_request", n)
+        for k in ("custom_id", "method", "url", "body"):
+            if k not in obj:
+                return None, (f"Line {n}: '{k}' is a required property.", "invalid_request", n)
+        if not isinstance(obj["custom_id"], str) or not obj["custom_id"]:
+            return None, (f"Line {n}: 'custom_id' must be a non-empty string.", "invalid_request", n)
+        if obj["method"] != "POST":
+            return None, (f"Line {n}: Invalid method {obj['method']!r}; only POST is supported.", "invalid_method", n)
+        if obj["url"] not in BATCH_ENDPOINTS:
+            return None, (f"Line {n}: The URL provided for this request is not supported: {obj['url']!r}. Supported "
+                          f"URLs: {', '.join(BATCH_ENDPOINTS)}.", "invalid_url", n)
+        if not isinstance(obj["body"], dict):
+            return None, (f"Line {n}: 'body' must be an object.", "invalid_request", n)
+        if obj["custom_id"] in seen:
+            return None, (f"Line {n}: The custom_id for this request is a duplicate of another request. The custom_id "
+                          "parameter must be unique for each request in a batch.", "duplicate_custom_id", n)
+        seen.add(obj["custom_id"])
+        lines.append(obj)
+    return lines, None
+
+
+def add_batch_routes(app, state: ServerState, handle) -> None:
+    """The Batch API (files upload and content, batches create / retrieve / list / cancel),
+    each line run through ``handle`` like a direct request. A batch stays ``validating``
+    then ``in_progress`` for ``batch_delay`` seconds in all, then runs its lines,
+    ``finalizing``, and ends ``completed`` (or ``expired`` after ``batch_expire_after``
+    lines, ``cancelled``, or ``failed`` when its lines name more than one model)."""
+    from aiohttp import web
+
+    f = state.faults
+
+    def count(name: str) -> None:
+        state.batch_api_calls[name] += 1
+
+    def new_file(content: bytes, filename: str, purpose: str) -> dict:
+        obj = {"id": _oid("file-"), "object": "file", "bytes": len(content), "created_at": int(time.time()),
+               "filename": filename, "purpose": purpose, "status": "processed", "expires_at": None,
+               "status_details": None}
+        state.files[obj["id"]] = {"object": obj, "content": content}
+        return obj
+
+    async def upload(request: web.Request):
+        count("POST /v1/files")
+        try:
+            form = await request.post()
+        except Exception:
+            return _err("Expected a multipart/form-data body with 'file' and 'purpose'.")
+        purpose, upload = form.get("purpose"), form.get("file")
+        if purpose is None:
+            return _err("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
+        if purpose not in FILE_PURPOSES:
+            state.rejected["invalid purpose"] += 1
+            return _err(f"{purpose!r} is not one of {list(FILE_PURPOSES)} - 'purpose'", param="purpose",
+                        code="invalid_value")
+        if upload is None or isinstance(upload, str):
+            return _err("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
+        content = upload.file.read()
+        filename = upload.filename or "upload"
+        if purpose == "batch":
+            if not filename.endswith(".jsonl"):
+                state.rejected["batch file not .jsonl"] += 1
+                return _err("Invalid file format for Batch API. Must be .jsonl", param="file", code="invalid_file")
+            _, bad = parse_batch_input(content)
+            if bad is not None:
+                state.rejected[bad[1]] += 1
+                return _err(bad[0], param="file", code=bad[1], line=bad[2])
+        return web.json_response(new_file(content, filename, purpose))
+
+    def get_file(request: web.Request):
+        return state.files.get(request.match_info["file_id"])
+
+    async def file_retrieve(request: web.Request):
+        count("GET /v1/files/{id}")
+        rec = get_file(request)
+        if rec is None:
+            return _err(f"No such File object: {request.match_info['file_id']}", status=404, param="id")
+        return web.json_response(rec["object"])
+
+    async def file_content(request: web.Request):
+        count("GET /v1/files/{id}/content")
+        rec = get_file(request)
+        if rec is None:
+            return _err(f"No such File object: {request.match_info['file_id']}", status=404, param="id")
+        return web.Response(body=rec["content"], content_type="application/octet-stream")
+
+    async def run_line(line: dict, auth: str) -> tuple[int, dict]:
+        kind = "responses" if line["url"] == "/v1/responses" else "chat"
+        resp = await handle(_LineRequest(line["body"], auth), kind)
+        try:
+            return resp.status, json.loads(resp.body)
+        except (TypeError, ValueError):
+            return 500, {"error": {"message": "The server had an error processing your request.",
+                                   "type": "server_error"}}
+
+    def add_usage(b: dict, kind: str, u: dict) -> None:
+        inp, out = ("input_tokens", "output_tokens") if kind == "responses" else ("prompt_tokens", "completion_tokens")
+        tot = b["usage"]
+        tot["input_tokens"] += u.get(inp, 0)
+        tot["output_tokens"] += u.get(out, 0)
+        tot["total_tokens"] += u.get(inp, 0) + u.get(out, 0)
+        tot["input_tokens_details"]["cached_tokens"] += (u.get(inp + "_details") or {}).get("cached_tokens", 0)
+        tot["output_tokens_details"]["reasoning_tokens"] += (u.get(out + "_details") or {}).get("reasoning_tokens", 0)
+
+    async def job(bid: str, lines: list[dict], auth: str) -> None:
+        b = state.batches[bid]
+        await asyncio.sleep(f.batch_delay / 2)
+        models = [ln["body"].get("model") for ln in lines]
+        odd = next((i for i, m in enumerate(models) if m != models[0]), None)
+        if odd is not None:  # the service runs one model per batch
+            b.update(status="failed", failed_at=int(time.time()), errors={"object": "list", "data": [{
+                "code": "mismatched_model", "line": odd + 1, "param": "body.model",
+                "message": "The provided model does not match the other requests in this batch: a batch runs "
+                           "requests for a single model."}]})
+            return
+        if b["status"] == "cancelling":
+            b.update(status="cancelled", cancelled_at=int(time.time()))
+            return
+        b.update(status="in_progress", in_progress_at=int(time.time()))
+        await asyncio.sleep(f.batch_delay / 2)
+        limit = len(lines) if f.batch_expire_after < 0 else min(len(lines), f.batch_expire_after)
+        results: list = [None] * len(lines)
+        sem = asyncio.Semaphore(16)
+        kind = "responses" if b["endpoint"] == "/v1/responses" else "chat"
+
+        async def one(i: int) -> None:
+            async with sem:
+                if b["status"] == "cancelling":
+                    return
+                status, body = await run_line(lines[i], auth)
+                results[i] = (status, body)
+                if status == 200:
+                    b["request_counts"]["completed"] += 1
+                    add_usage(b, kind, body.get("usage") or {})
+                else:
+                    b["request_counts"]["failed"] += 1
+
+        await asyncio.gather(*(one(i) for i in range(limit)))
+        b.update(status="finalizing" if b["status"] != "cancelling" else "cancelling", finalizing_at=int(time.time()))
+        out, errs = [], []
+        for i, ln in enumerate(lines):
+            rec = {"id": _oid("batch_req_"), "custom_id": ln["custom_id"], "response": None, "error": None}
+            if results[i] is not None:
+                status, body = results[i]
+                rec["response"] = {"status_code": status, "request_id": _oid("req_"), "body": body}
+                (out if status == 200 else errs).append(rec)
+                continue
+            if b["status"] == "cancelling":
+                rec["error"] = {"code": "batch_cancelled",
+                                "message": "This request was not executed because the batch was cancelled."}
+            else:
+                rec["error"] = {"code": "batch_expired",
+                                "message": "This request could not be executed before the completion window expired."}
+            b["request_counts"]["failed"] += 1
+            errs.append(rec)
+
+        def jsonl(recs: list) -> bytes:
+            return "".join(json.dumps(r) + "\n" for r in recs).encode()
+
+        if out:
+            b["output_file_id"] = new_file(jsonl(out), f"{bid}_output.jsonl", "batch_output")["id"]
+        if errs:
+            b["error_file_id"] = new_file(jsonl(errs), f"{bid}_error.jsonl", "batch_output")["id"]
+        now = int(time.time())
+        if b["status"] == "cancelling":
+            b.update(status="cancelled", cancelled_at=now)
+        elif limit < len(lines):
+            b.update(status="expired", expired_at=now)
+        else:
+            b.update(status="completed", completed_at=now)
+
+    async def create(request: web.Request):
+        count("POST /v1/batches")
+        try:
+            body = await request.json()
+        except Exception:
+            return _err("invalid JSON body")
+        if not isinstance(body, dict):
+            return _err("invalid JSON body")
+        for k in body:
+            if k not in ("input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"):
+                return _err(f"Unrecognized request argument supplied: {k}", param=k, code="unknown_parameter")
+        for k in ("input_file_id", "endpoint", "completion_window"):
+            if k not in body:
+                return _err(f"Missing required parameter: '{k}'.", param=k, code="missing_required_parameter")
+        if body["completion_window"] != "24h":
+            return _err(f"Invalid value for 'completion_window': {body['completion_window']!r}. Supported values are: "
+                        "'24h'.", param="completion_window", code="invalid_value")
+        if body["endpoint"] not in BATCH_ENDPOINTS:
+            return _err(f"Invalid value for 'endpoint': {body['endpoint']!r}. Supported values are: "
+                        f"{', '.join(BATCH_ENDPOINTS)}.", param="endpoint", code="invalid_value")
+        md = body.get("metadata")
+        if md is not None:
+            if (not isinstance(md, dict) or len(md) > 16
+                    or any(not isinstance(k, str) or len(k) > 64 or not isinstance(v, str) or len(v) > 512
+                           for k, v in md.items())):
+                return _err("Invalid 'metadata': at most 16 string keys (up to 64 characters) with string values (up "
+                            "to 512 characters).", param="metadata", code="invalid_value")
+        rec = state.files.get(body["input_file_id"])
+        if rec is None:
+            return _err(f"No such File object: {body['input_file_id']}", status=404, param="input_file_id")
+        if rec["object"]["purpose"] != "batch":
+            return _err("The input file must be uploaded with purpose 'batch'.", param="input_file_id",
+                        code="invalid_file")
+        lines, bad = parse_batch_input(rec["content"])
+        if bad is not None:
+            return _err(bad[0], param="input_file_id", code=bad[1], line=bad[2])
+        for n, ln in enumerate(lines, 1):
+            if ln["url"] != body["endpoint"]:
+                state.rejected["batch url does not match endpoint"] += 1
+                return _err(f"Line {n}: The URL provided for this request does not match the batch endpoint "
+                            f"{body['endpoint']!r}.", param="input_file_id", code="invalid_url", line=n)
+        now = int(time.time())
+        bid = _oid("batch_")
+        b = {"id": bid, "object": "batch", "endpoint": body["endpoint"], "errors": None,
+             "input_file_id": body["input_file_id"], "completion_window": "24h", "status": "validating",
+             "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": None,
+             "expires_at": now + 86400, "finalizing_at": None, "completed_at": None, "failed_at": None,
+             "expired_at": None, "cancelling_at": None, "cancelled_at": None,
+             "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+             "metadata": md, "model": lines[0]["body"].get("model"),
+             "usage": {"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 0,
+                       "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 0}}
+        state.batches[bid] = b
+        state.batch_creates += 1
+        task = asyncio.get_running_loop().create_task(job(bid, lines, request.headers.get("Authorization", "")))
+        state.batch_tasks.add(task)
+        task.add_done_callback(state.batch_tasks.discard)
+        return web.json_response(b)
+
+    def no_batch(bid: str):
+        return _err(f"No batch found with id '{bid}'.", status=404, param="batch_id")
+
+    async def retrieve(request: web.Request):
+        count("GET /v1/batches/{id}")
+        b = state.batches.get(request.match_info["batch_id"])
+        return web.json_response(b) if b is not None else no_batch(request.match_info["batch_id"])
+
+    async def list_batches(request: web.Request):
+        count("GET /v1/batches")
+        q = request.query
+        try:
+            limit = int(q.get("limit", 20))
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= 100:
+            return _err("Invalid 'limit': expected an integer between 1 and 100.", param="limit", code="invalid_value")
+        items = list(reversed(state.batches.values()))  # newest first
+        if "after" in q:
+            ids = [b["id"] for b in items]
+            if q["after"] not in ids:
+                return no_batch(q["after"])
+            items = items[ids.index(q["after"]) + 1:]
+        page = items[:limit]
+        return web.json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                                  "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
+
+    async def cancel(request: web.Request):
+        count("POST /v1/batches/{id}/cancel")
+        b = state.batches.get(request.match_info["batch_id"])
+        if b is None:
+            return no_batch(request.match_info["batch_id"])
+        if b["status"] not in ("validating", "in_progress"):
+            return _err(f"Cannot cancel a batch with status '{b['status']}'.", status=409)
+        b.update(status="cancelling", cancelling_at=int(time.time()))
+        return web.json_response(b)
+
+    app.router.add_post("/v1/files", upload)
+    app.router.add_get("/v1/files/{file_id}", file_retrieve)
+    app.router.add_get("/v1/files/{file_id}/content", file_content)
+    app.router.add_post("/v1/batches", create)
+    app.router.add_get("/v1/batches", list_batches)
+    app.router.add_get("/v1/batches/{batch_id}", retrieve)
+    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -286,6 +286,39 @@ def check_steps(p: Problem, trace: str) -> dict:
     return {"steps": len(steps), "correct": correct, "all_correct": all_ok, "first_error": first_error}
 
 
+# The column of a toy row's correct answer (what `evaluate` scores against).
+REFERENCE_COLUMN = "reference_answer"
+
+
 def iter_rows(problems: list[Problem]) -> Iterator[dict]:
     for p in problems:
-        yield {"id": p.id, "problem": p.text, "reference_answer": str(p.answer)}
+        yield {"id": p.id, "problem": p.text, REFERENCE_COLUMN: str(p.answer)}
+
+
+def add_parser(subparsers) -> None:
+    """The ``toy`` command."""
+    from .cli_options import add_force
+
+    p = subparsers.add_parser("toy", help="tool: write toy-world problems to parquet",
+                              description="Write deterministic toy-world train/test problems to "
+                                          "OUTPUT/{train,test}.parquet.")
+    p.add_argument("--output", "-o", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=2000)
+    p.add_argument("--n-test", type=int, default=500)
+    p.add_argument("--n-ops", type=int, default=6)
+    add_force(p)
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from .cli_options import claim
+    from .io import write_parquet
+
+    w = ToyWorld(seed=args.seed, n_ops=args.n_ops)
+    train, test = w.splits(args.n_train, args.n_test)
+    out = claim(args.output, args)
+    write_parquet(list(iter_rows(train)), out / "train.parquet")
+    write_parquet(list(iter_rows(test)), out / "test.parquet")
+    print(f"wrote {len(train)} train and {len(test)} test problems to {out}")
+    return 0

@@ -34,6 +34,9 @@ import yaml
 from .errors import UserError
 
 _LOG_LINE = re.compile(r"\{'loss': .*?\}")
+# CPU threads of one `trl sft` process (default: every core); the demo runs two trainings
+# at once with one thread each.
+TRAIN_THREADS_ENV = "TRACE_INVERSION_TRAIN_THREADS"
 
 
 def recipe_path(name: str) -> Path:
@@ -240,7 +243,7 @@ def start_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Opt
     if data.get("use_cpu"):
         # `trl sft` runs through `accelerate launch`, which on CPU would otherwise pick
         # 1 thread, or with OMP_NUM_THREADS set, several DDP processes of 1 thread each.
-        threads = int(full_env.get("TRACE_INVERSION_TRAIN_THREADS") or os.cpu_count() or 1)
+        threads = int(full_env.get(TRAIN_THREADS_ENV) or os.cpu_count() or 1)
         launch = ["--num_processes", "1", "--num_cpu_threads_per_process", str(threads),
                   "--mixed_precision", "no"]
     (out_dir / "config.json").unlink(missing_ok=True)  # a half-written model never looks finished
@@ -254,3 +257,66 @@ def run_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Optio
     """Train with ``trl sft --config`` and wait; returns output_dir, losses, seconds, log
     path (see ``start_sft``, which also reuses a finished run)."""
     return start_sft(recipe, overrides, run_dir, env).result(timeout)
+
+
+def add_parser(subparsers) -> None:
+    """The ``train`` command."""
+    from .cli_options import add_force
+
+    p = subparsers.add_parser("train", help="pipeline: run a `trl sft` recipe (inverter or student) for real",
+                              description="Resolve a recipe from recipes/ with a model, a dataset folder and an "
+                                          "output folder, then run `trl sft --config` on it.")
+    p.add_argument("--recipe", help="recipe path or packaged name (see --list), e.g. tiny/inverter.yaml")
+    p.add_argument("--model", help="model folder or Hub id")
+    p.add_argument("--data", help="dataset folder (a stage output) or Hub id")
+    p.add_argument("--data-config", help="dataset config, e.g. with_summary / without_summary")
+    p.add_argument("--output", "-o", help="output folder for the trained model")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set max_steps=50")
+    p.add_argument("--accelerate-config", metavar="PATH|NAME|none",
+                   help="accelerate config for `accelerate launch` (a file, a packaged one such as "
+                        "recipes/accelerate/deepspeed_zero3.yaml, or a TRL name such as zero3/fsdp2); default: the "
+                        "recipe's accelerate_config (DeepSpeed ZeRO-3 for the 7-8B recipes); none: one process")
+    p.add_argument("--num-processes", type=int, metavar="N",
+                   help="processes (GPUs) to launch (default: the accelerate config's, 8 for ZeRO-3 recipes)")
+    p.add_argument("--list", action="store_true", help="list packaged recipes")
+    add_force(p)
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from .cli_options import claim, print_json
+    from .safe_paths import check_disjoint
+
+    if args.list:
+        print("\n".join(list_recipes()))
+        return 0
+    if not (args.recipe and args.model and args.data and args.output):
+        raise UserError("--recipe, --model, --data and --output are required (or --list)")
+    local_inputs = [x for x in (args.model, args.data) if Path(x).exists()]
+    check_disjoint(args.output, local_inputs, "train into")
+    args.output = str(claim(args.output, args))
+    overrides = {"model_name_or_path": args.model, "dataset_name": args.data, "output_dir": args.output}
+    if args.data_config:
+        overrides["dataset_config"] = args.data_config
+    if args.accelerate_config:  # "none" removes the recipe's default (see resolve_recipe)
+        overrides["accelerate_config"] = args.accelerate_config
+    if args.num_processes is not None:
+        if args.num_processes < 1:
+            raise UserError("--num-processes must be >= 1")
+        overrides["num_processes"] = args.num_processes
+    for item in args.overrides:
+        k, _, v = item.partition("=")
+        overrides[k.strip()] = yaml.safe_load(v)
+    # the resolved recipe and the training log live inside the folder the user named
+    run_dir = Path(args.output) / "trace-inversion-run"
+    print(f"training: trl sft --config {run_dir / 'recipe.resolved.yaml'} (log: {run_dir / 'train.log'})",
+          file=sys.stderr)
+    try:
+        res = run_sft(args.recipe, overrides, run_dir)
+    except (FileNotFoundError, ValueError) as e:  # a recipe or accelerate config that cannot run
+        raise UserError(str(e)) from e
+    losses = [entry["loss"] for entry in res["losses"] if "loss" in entry]
+    print_json({"output_dir": res["output_dir"], "seconds": res["seconds"], "logged_steps": len(losses),
+                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None})
+    return 0

@@ -4,9 +4,10 @@ and release, rendered and checked with huggingface_hub's card tools.
 A card is a README.md whose YAML header carries ``configs:`` (so
 ``datasets.load_dataset(folder)`` finds every config and split) and ``dataset_info:``
 (features, row and byte counts per split), and whose body records provenance: the
-models and their settings, the prompts (text and sha256), row counts, filter verdicts
-per reason, trace overlap, token usage and cost, the summary-style report, the project
-version, the run config with secrets scrubbed and a responsible-use section.
+models and their settings, the prompts and templates the stage used (text, source and
+sha256), row counts, filter verdicts per reason, trace overlap, token usage and cost,
+the summary-style report, the project version, the run config with secrets scrubbed and
+a responsible-use section.
 
 Text that may come from model outputs or users (failure reasons, prompts, config
 values) never enters the YAML header, and in the body it is escaped: table cells are
@@ -110,7 +111,16 @@ def _models_rows(cfg: dict) -> list[dict]:
     return rows
 
 
-def _prompts(cfg: dict) -> list[dict]:
+def _prompts(ctx: dict) -> list[dict]:
+    """The card's prompt entries: the templates the stage recorded (``card_context``),
+    else, for a context saved before stages recorded them, those the config implies."""
+    if ctx.get("prompts") is not None:
+        return [{"name": md_cell(p["name"]), "source": md_cell(p["source"]), "sha": md_cell(p["sha"]),
+                 "block": fenced(p["text"], "text")} for p in ctx["prompts"]]
+    return _config_prompts(ctx["config"])
+
+
+def _config_prompts(cfg: dict) -> list[dict]:
     from trace_inversion.prompts import compressor_prompt, inverter_user_prompt
 
     items = []
@@ -126,8 +136,8 @@ def _prompts(cfg: dict) -> list[dict]:
             items.append(("compressor", f"<unavailable: {e}>"))
     if (cfg.get("models") or {}).get("inverter"):
         items.append(("inverter user message", inverter_user_prompt("{problem}", "{answer}", "{summary}")))
-    return [{"name": md_cell(n), "sha": hashlib.sha256(t.encode()).hexdigest()[:16], "block": fenced(t, "text")}
-            for n, t in items]
+    return [{"name": md_cell(n), "source": "config", "sha": hashlib.sha256(t.encode()).hexdigest()[:16],
+             "block": fenced(t, "text")} for n, t in items]
 
 
 def _verdicts(stats: dict) -> list[dict]:
@@ -170,7 +180,7 @@ def render_card(folder: Path, ctx: dict) -> str:
         title=md_cell(ctx["title"]),
         intro=(f"Produced by the `{ctx['stage']}` stage of trace-inversion {__version__}: reasoning traces "
                "reconstructed for a model that hides its chain of thought (or the data to build them)."),
-        models=_models_rows(cfg), prompts=_prompts(cfg),
+        models=_models_rows(cfg), prompts=_prompts(ctx),
         counts=[{"name": md_cell(k), "rows": v} for k, v in ctx["counts"].items()],
         verdicts=_verdicts(stats), overlap=_overlap(stats), usage=_usage(stats),
         sections=[{"name": md_cell(n), "body": b} for n, b in ctx.get("sections", {}).items()],
@@ -220,9 +230,13 @@ def validate_card(text: str, folder: Path | None = None) -> dict:
 
 
 def card_context(title: str, stage: str, cfg_dict: dict, stats: dict, counts: dict[str, int],
-                 sections: dict[str, str] | None = None) -> dict:
-    return {"title": title, "stage": stage, "config": scrub(cfg_dict), "stats": scrub(stats),
-            "counts": dict(counts), "sections": dict(sections or {})}
+                 sections: dict[str, str] | None = None, prompts: list | None = None) -> dict:
+    """``prompts``: the ``prompts.Template``s the stage used (text, source, sha256)."""
+    ctx = {"title": title, "stage": stage, "config": scrub(cfg_dict), "stats": scrub(stats),
+           "counts": dict(counts), "sections": dict(sections or {})}
+    if prompts is not None:
+        ctx["prompts"] = [{"name": t.label, "source": t.source, "sha": t.sha, "text": scrub(t.text)} for t in prompts]
+    return ctx
 
 
 def write_card(folder: Path, ctx: dict) -> Path:
@@ -241,8 +255,8 @@ def write_card(folder: Path, ctx: dict) -> Path:
 
 
 def write_stage_card(folder: Path, stage: str, cfg: Any, stats: dict, counts: dict[str, int],
-                     extra_sections: dict[str, str] | None = None) -> Path:
-    ctx = card_context(f"{cfg.name}: {stage}", stage, cfg.scrubbed_dict(), stats, counts, extra_sections)
+                     extra_sections: dict[str, str] | None = None, prompts: list | None = None) -> Path:
+    ctx = card_context(f"{cfg.name}: {stage}", stage, cfg.scrubbed_dict(), stats, counts, extra_sections, prompts)
     return write_card(Path(folder), ctx)
 
 

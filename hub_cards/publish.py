@@ -30,6 +30,7 @@ from trace_inversion.safe_paths import MARKER, absolute, check_disjoint, claim_d
 
 _TAG = re.compile(r"^v[0-9]+(\.[0-9]+)*$")
 RELEASE_EXTRAS = ("stats.json", "card.json")
+TOKEN_ENV = "HF_TOKEN"  # the environment variable that holds the Hub token, by default
 
 
 class ReleaseError(UserError):
@@ -222,7 +223,7 @@ def _files_sha256(src: Path) -> dict[str, str]:
 
 
 def publish_hub(stage_folder: str | os.PathLike, repo_id: str, version: Optional[str] = None,
-                message: Optional[str] = None, private: bool = True, token_env: str = "HF_TOKEN",
+                message: Optional[str] = None, private: bool = True, token_env: str = TOKEN_ENV,
                 skip_unchanged: bool = True) -> dict:
     """Publish ``stage_folder`` as release ``version`` of Hub dataset ``repo_id``.
 
@@ -276,3 +277,35 @@ def publish_hub(stage_folder: str | os.PathLike, repo_id: str, version: Optional
     except HfHubHTTPError as e:
         raise ReleaseError(f"Hub request failed: {str(e).splitlines()[0]}") from None
     return {"repo": repo_id, "version": version, "commit": commit, "private": private, "hub": True}
+
+
+def add_parser(subparsers) -> None:
+    """The ``publish`` command."""
+    p = subparsers.add_parser("publish",
+                              help="tool: publish a stage folder as a versioned release (local git or the Hub)",
+                              description="Publish a stage folder (data/ + README card) as one commit + one tag, in a "
+                                          "local git release repository (--repo) or a Hub dataset repo (--hub; token "
+                                          "from $HF_TOKEN, endpoint from $HF_ENDPOINT). Existing versions are "
+                                          "refused; unchanged data returns the existing release.")
+    p.add_argument("stage_folder")
+    p.add_argument("--repo", help="local release repository folder (created if missing)")
+    p.add_argument("--hub", metavar="OWNER/NAME", help="Hub dataset repo id")
+    p.add_argument("--public", action="store_true", help="create the Hub repo public (default private)")
+    p.add_argument("--token-env", default=TOKEN_ENV, help="environment variable holding the Hub token")
+    p.add_argument("--version", help="tag, e.g. v1 (default: next free)")
+    p.add_argument("--message")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from trace_inversion.cli_options import print_json
+
+    if bool(args.repo) == bool(args.hub):
+        raise ReleaseError("give exactly one of --repo (a local release repository) or --hub (owner/name)")
+    if args.hub:
+        rel = publish_hub(args.stage_folder, args.hub, args.version, args.message, private=not args.public,
+                          token_env=args.token_env)
+    else:
+        rel = publish_local(args.stage_folder, args.repo, args.version, args.message)
+    print_json(rel)
+    return 0

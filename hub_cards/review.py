@@ -60,12 +60,12 @@ from typing import Optional
 
 from trace_inversion.io import read_split, write_json, write_split
 from trace_inversion.errors import UserError
+from trace_inversion.verifiers import STEP_VERIFIERS  # the step-level verifiers with their own metadata
 
 QUESTIONS = ("consistent", "plausible", "rating", "comment")
 STEP_QUESTION = "wrong_step"  # optional text: a step number, or "none"
 ALL_QUESTIONS = ("consistent", "plausible", STEP_QUESTION, "rating", "comment")  # in page order
 FIELDS = ("problem", "answer", "summary", "inverted_trace")  # in reading order
-STEP_VERIFIERS = ("steps", "judge", "prm")  # the step-level verifiers with their own metadata
 VERIFIER_NAMES = {"answer": "answer consistency", "steps": "step checker", "judge": "LLM judge",
                   "prm": "process reward model"}
 METADATA = ("auto_verdict", "first_verdict", "reason", "n_attempts", "step_verdict", "first_wrong_step",
@@ -73,14 +73,18 @@ METADATA = ("auto_verdict", "first_verdict", "reason", "n_attempts", "step_verdi
 SUGGESTED = ("consistent", STEP_QUESTION)  # the questions whose suggestions a push owns
 
 
+API_URL_ENV = "ARGILLA_API_URL"
+API_KEY_ENV = "ARGILLA_API_KEY"
+
+
 class ReviewError(UserError):
     pass
 
 
-def client_from_env(api_url: Optional[str] = None, key_env: str = "ARGILLA_API_KEY"):
+def client_from_env(api_url: Optional[str] = None, key_env: str = API_KEY_ENV):
     import argilla as rg
 
-    url = api_url or os.environ.get("ARGILLA_API_URL")
+    url = api_url or os.environ.get(API_URL_ENV)
     key = os.environ.get(key_env)
     if not url:
         raise ReviewError("no Argilla server: set ARGILLA_API_URL (or pass --api-url); "
@@ -678,3 +682,50 @@ def build_reviewed(folder: str | os.PathLike, reviews: dict[str, list[dict]], ou
              "output_dir": str(dst)}
     write_json(stats, dst / "review_stats.json")
     return stats
+
+
+def add_parser(subparsers) -> None:
+    """The ``review`` command."""
+    from trace_inversion.cli_options import add_force
+
+    p = subparsers.add_parser("review", help="tool: Argilla review round trip (push, pull -> reviewed release, serve)",
+                              description="push: log an inversion output (or --sample N rows) to an Argilla dataset. "
+                                          "pull: fetch submitted responses and write a reviewed release folder "
+                                          "(rejected rows moved to review_rejected). serve: run a local Argilla stack "
+                                          "in FOLDER. Server from $ARGILLA_API_URL (or --api-url), key from "
+                                          "$ARGILLA_API_KEY.")
+    p.add_argument("action", choices=["push", "pull", "serve"])
+    p.add_argument("folder", help="push/pull: an inversion output or release folder; serve: the stack's workdir")
+    p.add_argument("--dataset", default="trace-inversion-review", help="Argilla dataset name")
+    p.add_argument("--blind", action="store_true",
+                   help="push: no pre-filled verifier suggestions (reviewers are not anchored by the verdicts)")
+    p.add_argument("--workspace", help="Argilla workspace (default: the first one)")
+    p.add_argument("--sample", type=int, help="push only a seeded sample of N rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reviewers-per-record", type=int, default=1, metavar="N",
+                   help="push: a record stays pending for every reviewer until N have submitted it (default 1)")
+    p.add_argument("--out", help="pull: folder for the reviewed release")
+    add_force(p)
+    p.add_argument("--api-url", help="Argilla URL (default $ARGILLA_API_URL)")
+    p.add_argument("--key-env", default=API_KEY_ENV, help="environment variable holding the API key")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from trace_inversion.cli_options import print_json
+
+    if args.action == "serve":
+        from trace_inversion.argilla_stack import main as serve
+
+        return serve([args.folder])
+    client = client_from_env(args.api_url, args.key_env)
+    if args.action == "push":
+        out = push_for_review(args.folder, args.dataset, client, args.workspace, args.sample, args.seed,
+                              min_submitted=args.reviewers_per_record, suggestions=not args.blind)
+    else:
+        if not args.out:
+            raise ReviewError("review pull needs --out (the reviewed release folder to write)")
+        out = build_reviewed(args.folder, pull_reviews(args.dataset, client, args.workspace), args.out,
+                             force=args.force)
+    print_json(out)
+    return 0

@@ -1,4 +1,5 @@
-"""Helpers shared by the pipelines: building, running and writing stage folders."""
+"""Helpers shared by the pipelines: building, running and reading stage pipelines (the stage
+runner, with its fingerprint and finished mark, is ``stage.py``)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,17 @@ def require_models(cfg: RunConfig, *roles: str) -> None:
                            for r in missing])
 
 
-def step_kwargs(cfg: RunConfig, role: str, total_rows: int) -> dict:
-    """Arguments every ModelStep takes, for the model of ``role``."""
+def step_kwargs(cfg: RunConfig, role: str, total_rows: int, max_model_len: int | None = None) -> dict:
+    """Arguments every ModelStep takes, for the model of ``role``: its distilabel LLM
+    (resolved by the registry; the toy world's settings go to the toy backend only),
+    the run's request cache, batch size, resources (GPU placement) and progress."""
+    from trace_inversion.models import llm_from_config
+
     m = getattr(cfg.models, role)
     batch = max(64, m.concurrency * 4) if m.backend not in ("vllm", "transformers") else 256
-    kw = dict(model=m.model_dump(mode="json"), cache_path=str(cfg.resolved_cache_path.resolve()),
-              toy_world=cfg.data.toy.model_dump(mode="json"), input_batch_size=batch, total_rows=total_rows,
-              resources=step_resources(cfg, role), retry_failed=cfg.runtime.retry_failed,
+    llm = llm_from_config(m, toy_world=cfg.data.toy if m.backend == "toy" else None, max_model_len=max_model_len)
+    kw = dict(llm=llm, cache_path=str(cfg.resolved_cache_path.resolve()), input_batch_size=batch,
+              total_rows=total_rows, resources=step_resources(cfg, role), retry_failed=cfg.runtime.retry_failed,
               progress_dir=str(progress_dir(cfg)))
     return kw
 
@@ -85,11 +90,16 @@ def report_stage(stage: str, stats: dict, cfg: RunConfig, summary: str) -> dict:
 
 
 def step_resources(cfg: RunConfig, role: str):
-    """Ray: replicas per model step, and GPUs = the vLLM tensor-parallel size."""
+    """Replicas per model step (Ray), and GPUs: a local role takes tensor_parallel_size
+    devices, which distilabel's placement gives it to itself (two local roles of one
+    pipeline never share a device unless ``cuda_devices`` says so)."""
     from distilabel.steps import StepResources
 
     m = getattr(cfg.models, role)
-    gpus = m.tensor_parallel_size if (cfg.runtime.ray and m.backend == "vllm" and m.tensor_parallel_size > 1) else None
+    if cfg.runtime.ray:  # Ray places vLLM steps itself (a placement group of tensor_parallel_size GPUs)
+        gpus = m.tensor_parallel_size if (m.backend == "vllm" and m.tensor_parallel_size > 1) else None
+    else:
+        gpus = m.tensor_parallel_size if m.backend in ("vllm", "transformers") else None
     return StepResources(replicas=cfg.runtime.replicas if cfg.runtime.ray else 1, gpus=gpus)
 
 
@@ -131,61 +141,3 @@ def step_timings(cfg: RunConfig, step_name: str) -> dict | None:
 
     p = cfg.resolved_cache_path.resolve().parent / "timings" / f"{step_name}.json"
     return json.loads(p.read_text()) if p.exists() else None
-
-
-# ----------------------------------------------------------------------------- finished stages
-MARKER = ".complete.json"
-
-
-def stage_fingerprint(cfg: RunConfig, stage: str, rows: list[dict], **extra) -> str:
-    """What a stage's output depends on: the run config (secrets scrubbed), its input
-    rows, extra inputs and the project version."""
-    import hashlib
-    import json
-
-    from trace_inversion import __version__
-    from trace_inversion.cache import model_signature
-
-    models = {}
-    for role, m in cfg.models.__dict__.items():
-        sig = model_signature(m.model) if m is not None else None
-        if sig is not None:  # a local model folder: retrained weights change the output
-            models[role] = sig
-    h = hashlib.sha256()
-    settings = {k: v for k, v in cfg.scrubbed_dict().items() if k != "runtime"}  # where it ran changes nothing
-    h.update(json.dumps([stage, __version__, settings, models, extra], sort_keys=True,
-                        default=str).encode())
-    for r in rows:
-        h.update(json.dumps(r, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
-def reuse_finished(out_dir: Path, fingerprint: str, cfg: RunConfig | None = None) -> dict | None:
-    """The saved stats of a finished stage with this fingerprint whose shards are all
-    still in place, else None. A re-run of a finished run costs no pipeline and no call.
-    ``--retry-failed`` always runs the stage (its successes replay from the cache)."""
-    import json
-
-    if cfg is not None and cfg.runtime.retry_failed:
-        return None
-    p = Path(out_dir) / MARKER
-    try:
-        m = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    if m.get("fingerprint") != fingerprint or not all((Path(out_dir) / f).exists() for f in m.get("files", [])):
-        return None
-    stats = dict(m["stats"], reused=True)
-    if "new_cost_usd" in stats:
-        stats["new_cost_usd"] = 0.0  # nothing was paid by this run
-    return stats
-
-
-def mark_finished(out_dir: Path, fingerprint: str, stats: dict) -> None:
-    """Record a finished stage (written last, atomically: a crash before it means rerun)."""
-    from trace_inversion.io import write_json
-
-    out_dir = Path(out_dir)
-    files = sorted(str(p.relative_to(out_dir)) for p in (out_dir / "data").rglob("*.parquet")
-                   if not p.name.startswith("."))
-    write_json({"fingerprint": fingerprint, "files": files + ["README.md"], "stats": stats}, out_dir / MARKER)

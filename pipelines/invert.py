@@ -21,15 +21,15 @@ problem / answer / summary columns). Output folder ``<output.dir>/inversion``:
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from trace_inversion.config import ConfigError, RunConfig
 from trace_inversion.data import DataError, validate_rows
-from trace_inversion.io import split_path, write_json, write_split
-from trace_inversion.pipelines.common import (count_reasons, report_stage, retry_stats, crashed_rows, distilabel_cache, mark_finished,
-                                             reorder, reuse_finished, stage_fingerprint,
-                                              require_models, run_pipeline, step_kwargs, step_timings)
+from trace_inversion.io import split_path
+from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, reorder, require_models,
+                                             retry_stats, run_pipeline, step_kwargs, step_timings)
+from trace_inversion.pipelines.stage import Output, Stage
+from trace_inversion.prompts import stage_templates
 
 
 def load_inversion_rows(cfg: RunConfig) -> list[dict]:
@@ -57,7 +57,12 @@ def load_inversion_rows(cfg: RunConfig) -> list[dict]:
     return rows
 
 
-def build_pipeline(cfg: RunConfig, rows: list[dict]):
+def templates(cfg: RunConfig) -> dict:
+    """The inverter's user template and system prompt, and the judge's template."""
+    return stage_templates(cfg, "inverter_user", "inverter_system", "judge")
+
+
+def build_pipeline(cfg: RunConfig, rows: list[dict], prompts: dict | None = None):
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
@@ -65,6 +70,8 @@ def build_pipeline(cfg: RunConfig, rows: list[dict]):
 
     require_models(cfg, "inverter")
     ic = cfg.invert
+    prompts = templates(cfg) if prompts is None else prompts
+    system = prompts.get("inverter_system")
     if "judge" in ic.verifiers and cfg.models.judge is None:
         raise ConfigError(["models.judge: missing, and invert.verifiers lists judge; fix: add a judge model "
                            "(any backend) under models.judge, or drop judge from invert.verifiers"])
@@ -80,6 +87,7 @@ def build_pipeline(cfg: RunConfig, rows: list[dict]):
                               max_attempts=ic.max_attempts, unverifiable=ic.unverifiable,
                               verifiers=list(ic.verifiers), judge_model=judge, prm=prm,
                               answer_column=ic.answer_column, summary_column=ic.summary_column, base_seed=cfg.seed,
+                              user_template=prompts["inverter_user"].text, system_prompt=system.text if system else None,
                               max_model_len=ic.max_model_len, **step_kwargs(cfg, "inverter", len(rows)))
         load >> invert
     return pipeline
@@ -96,17 +104,18 @@ def toy_step_share(rows: list[dict], trace_key: str) -> float | None:
 
 
 def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
+    """Run the stage (``Stage``: reused when finished with the same inputs); returns its stats."""
+    rows = rows if rows is not None else load_inversion_rows(cfg)
+    stage = Stage(cfg, "invert", rows, folder="inversion", label="invert", summary=summary, templates=templates(cfg))
+    return stage.run(lambda: invert_output(cfg, rows, stage.templates))
+
+
+def invert_output(cfg: RunConfig, rows: list[dict], prompts: dict) -> Output:
+    """Run the pipeline on ``rows`` and sort its rows into the stage's configs."""
     from trace_inversion.metrics import corpus_metrics, pair_metrics
 
-    t0 = time.time()
-    rows = rows if rows is not None else load_inversion_rows(cfg)
     ic = cfg.invert
-    out_dir = Path(cfg.output.dir) / "inversion"
-    fp = stage_fingerprint(cfg, "invert", rows)
-    done = reuse_finished(out_dir, fp, cfg)
-    if done is not None:
-        return report_stage("invert", done, cfg, summary(done))
-    result = reorder(run_pipeline(build_pipeline(cfg, rows), cfg, "invert"), [r["id"] for r in rows])
+    result = reorder(run_pipeline(build_pipeline(cfg, rows, prompts), cfg, "invert"), [r["id"] for r in rows])
     crashed_rows(result, "inverter_model", "inversion_reason")
     gt = ic.ground_truth_column
     has_gt = bool(gt) and any(r.get(gt) for r in result)
@@ -121,13 +130,9 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
     kept = [r for r in result if r["inversion_status"] == "verified"]
     unverifiable = [r for r in result if r["inversion_status"] == "unverifiable"]
     rejected = [r for r in result if r["inversion_status"] == "rejected"]
-    write_split(out_dir, "inverted", kept, like=result)
-    write_split(out_dir, "unverifiable", unverifiable, like=result)
-    write_split(out_dir, "rejected", rejected, like=result)
     unfiltered = [{"id": r["id"], "problem": r["problem"], ic.answer_column: r[ic.answer_column],
                    "first_trace": r.get("first_trace"), "first_verdict": r.get("first_verdict")} for r in result
                   if r.get("first_trace")]
-    write_split(out_dir, "unfiltered", unfiltered)
     rounds: dict[str, int] = {}
     for r in kept:
         rounds[str(r["n_attempts"])] = rounds.get(str(r["n_attempts"]), 0) + 1
@@ -154,7 +159,6 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
         "verification": verification_counts(result),
         "attempts_of_kept_rows": rounds,
         "with_summary": ic.with_summary, "max_attempts": ic.max_attempts, "unverifiable_policy": ic.unverifiable,
-        "seconds": round(time.time() - t0, 2), "output_dir": str(out_dir),
     }
     if has_gt:
         with_gt = [r for r in result if r.get(gt)]
@@ -167,15 +171,14 @@ def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
     steps_kept = toy_step_share(kept, "inverted_trace")
     if steps_kept is not None:
         stats["toy_all_steps_correct"] = {"kept": steps_kept, "unfiltered": toy_step_share(result, "first_trace")}
-    write_json(stats, out_dir / "stats.json")
-    from trace_inversion.hub_cards.card import write_stage_card
-
-    write_stage_card(out_dir, "invert", cfg, stats,
-                     {"inverted": len(kept), "unverifiable": len(unverifiable), "unfiltered": len(unfiltered),
-                      "rejected": len(rejected)}, {"Verification": verification_section(stats)})
-    if not any((r.get("inversion_reason") or "").startswith("internal error") for r in rejected):
-        mark_finished(out_dir, fp, stats)
-    return report_stage("invert", stats, cfg, summary(stats))
+    return Output(
+        splits={"inverted": kept, "unverifiable": unverifiable, "rejected": rejected, "unfiltered": unfiltered},
+        like={"inverted": result, "unverifiable": result, "rejected": result},
+        counts={"inverted": len(kept), "unverifiable": len(unverifiable), "unfiltered": len(unfiltered),
+                "rejected": len(rejected)},
+        stats=stats, sections={"Verification": verification_section(stats)},
+        # a crashed batch is retried by the next run
+        finished=not any((r.get("inversion_reason") or "").startswith("internal error") for r in rejected))
 
 
 def summary(stats: dict) -> str:
@@ -232,3 +235,25 @@ def verification_section(stats: dict) -> str:
             for reason, n in sorted(d["reasons"].items(), key=lambda kv: -kv[1]):
                 lines.append(f"| {label} | {md_cell(name)} | {counts} | {md_cell(reason)} | {n} |")
     return "\n".join(lines)
+
+
+def add_parser(subparsers) -> None:
+    """The ``invert`` command."""
+    from trace_inversion.cli_options import add_config_args
+
+    p = subparsers.add_parser("invert", help="pipeline: write full traces from target answers + summaries, verified",
+                              description="Run the inverter on a query-target output (or any dataset with problem / "
+                                          "answer / summary columns); resample traces that do not reach the target's "
+                                          "answer (verified synthesis); write inverted, unfiltered and rejected rows "
+                                          "with reasons and overlap metrics.")
+    add_config_args(p)
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from trace_inversion.cli_options import claim, config_from, print_json
+
+    cfg = config_from(args, roles=("inverter", "judge"))
+    claim(cfg.output.dir, args)
+    print_json(run_invert(cfg, load_inversion_rows(cfg)))
+    return 0

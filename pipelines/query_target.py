@@ -13,16 +13,12 @@ opened here before the pipeline starts. Output: parquet under
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-
 from trace_inversion.config import RunConfig
 from trace_inversion.data import load_rows
-from trace_inversion.io import write_json, write_split
-from trace_inversion.pipelines.common import (report_stage, retry_stats, count_reasons, crashed_rows, distilabel_cache, mark_finished, reorder,
-                                             require_models, reuse_finished, run_pipeline, stage_fingerprint,
-                                             step_kwargs, step_timings)
+from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, reorder, require_models,
+                                             retry_stats, run_pipeline, step_kwargs, step_timings)
+from trace_inversion.pipelines.stage import Output, Stage
+from trace_inversion.prompts import stage_templates
 
 
 def budget_scope(cfg: RunConfig) -> str:
@@ -58,13 +54,21 @@ def check_credentials(cfg: RunConfig) -> None:
         raise ConfigError(problems)
 
 
-def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target"):
+def templates(cfg: RunConfig) -> dict:
+    """The prompts the stage sends: the target's system prompt, and the compressor's
+    when it summarises full traces."""
+    summarize = cfg.query.summarize_traces_with == "compressor"
+    return stage_templates(cfg, "target_system", *(["compressor"] if summarize else []))
+
+
+def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target", prompts: dict | None = None):
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
     from trace_inversion.steps.target_query import QueryTarget, SummarizeTargetTraces
 
     summarize = cfg.query.summarize_traces_with == "compressor"
+    prompts = templates(cfg) if prompts is None else prompts
     require_models(cfg, "target", *(["compressor"] if summarize else []))
     kw = step_kwargs(cfg, "target", len(rows))
     with Pipeline(name=f"{name}-{cfg.name}", cache_dir=distilabel_cache(cfg)) as pipeline:
@@ -85,7 +89,8 @@ def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target")
             ckw["input_batch_size"] = kw["input_batch_size"]
             compress = SummarizeTargetTraces(
                 name="summarize_target_traces", **ckw, style=cfg.inverter_data.summary_style,
-                prompt_file=cfg.inverter_data.prompt_file, max_model_len=cfg.inverter_data.max_model_len,
+                prompt_file=cfg.inverter_data.prompt_file, prompt=prompts["compressor"].text,
+                max_model_len=cfg.inverter_data.max_model_len,
                 budget_usd=cfg.budget_usd, budget_scope=budget_scope(cfg))
             query >> compress
     return pipeline
@@ -106,54 +111,45 @@ def apply_summaries(cfg: RunConfig, result: list[dict]) -> None:
 
 
 def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str = "train") -> dict:
-    """Run the pipeline; returns stats and output paths."""
-    t0 = time.time()
+    """Run the stage (``Stage``: reused when finished with the same inputs); returns its stats."""
     rows = rows if rows is not None else load_rows(cfg.data, split)
-    out_dir = Path(cfg.output.dir) / "target_query"
-    fp = stage_fingerprint(cfg, "query-target", rows)
-    done = reuse_finished(out_dir, fp, cfg)
-    if done is not None:
-        return report_stage("query-target", done, cfg, summary(done))
-    check_credentials(cfg)
-    pipeline = build_pipeline(cfg, rows)
-    open_budget(cfg)
-    result = reorder(run_pipeline(pipeline, cfg, "query-target"), [r["id"] for r in rows])
-    crashed_rows(result, "query_attempts", "query_error")
-    if cfg.query.summarize_traces_with == "compressor":
-        apply_summaries(cfg, result)
-    for r in result:
-        if r.get("query_attempts") is None:
-            r.update(query_attempts=0, target_cost_usd=0.0)
-    ok = [r for r in result if r["query_error"] is None]
-    failed = [r for r in result if r["query_error"] is not None]
-    # Per-run facts (attempts) go to stats, not rows: a resumed run writes identical data.
-    ok_rows = [{k: v for k, v in r.items() if k != "query_attempts"} for r in ok]
-    failed_rows = [{k: v for k, v in r.items() if k != "query_attempts"} for r in failed]
-    write_split(out_dir, "target", ok_rows, like=failed_rows)
-    write_split(out_dir, "failures", failed_rows, like=ok_rows)
-    reasons = count_reasons(failed, "query_error")
-    stats = {
-        "rows_in": len(rows),
-        "rows_out": len(ok),
-        "failures": len(failed),
-        "failure_reasons": reasons,
-        "cost_usd": sum(r["target_cost_usd"] or 0 for r in result),  # what the dataset cost to produce
-        "new_cost_usd": (step_timings(cfg, "query_target") or {}).get("cost_usd", 0.0),  # paid in this run
-        "input_tokens": sum((r["target_usage"] or {}).get("input_tokens", 0) for r in result),
-        "output_tokens": sum((r["target_usage"] or {}).get("output_tokens", 0) for r in result),
-        "http_attempts": sum(r["query_attempts"] for r in result),
-        **retry_stats(cfg, "query_target"),
-        **budget_stats(cfg),
-        "seconds": round(time.time() - t0, 2),
-        "output_dir": str(out_dir),
-    }
-    write_json(stats, out_dir / "stats.json")
-    from trace_inversion.hub_cards.card import write_stage_card
+    stage = Stage(cfg, "query-target", rows, folder="target_query", label="query-target", summary=summary,
+                  templates=templates(cfg))
 
-    write_stage_card(out_dir, "query-target", cfg, stats, {"target": len(ok), "failures": len(failed)})
-    if not failed:  # failed rows (e.g. retries exhausted, budget) are retried by the next run
-        mark_finished(out_dir, fp, stats)
-    return report_stage("query-target", stats, cfg, summary(stats))
+    def produce() -> Output:
+        check_credentials(cfg)
+        pipeline = build_pipeline(cfg, rows, prompts=stage.templates)
+        open_budget(cfg)
+        result = reorder(run_pipeline(pipeline, cfg, stage.label), [r["id"] for r in rows])
+        crashed_rows(result, "query_attempts", "query_error")
+        if cfg.query.summarize_traces_with == "compressor":
+            apply_summaries(cfg, result)
+        for r in result:
+            if r.get("query_attempts") is None:
+                r.update(query_attempts=0, target_cost_usd=0.0)
+        ok = [r for r in result if r["query_error"] is None]
+        failed = [r for r in result if r["query_error"] is not None]
+        # Per-run facts (attempts) go to stats, not rows: a resumed run writes identical data.
+        ok_rows = [{k: v for k, v in r.items() if k != "query_attempts"} for r in ok]
+        failed_rows = [{k: v for k, v in r.items() if k != "query_attempts"} for r in failed]
+        stats = {
+            "rows_in": len(rows),
+            "rows_out": len(ok),
+            "failures": len(failed),
+            "failure_reasons": count_reasons(failed, "query_error"),
+            "cost_usd": sum(r["target_cost_usd"] or 0 for r in result),  # what the dataset cost to produce
+            "new_cost_usd": (step_timings(cfg, "query_target") or {}).get("cost_usd", 0.0),  # paid in this run
+            "input_tokens": sum((r["target_usage"] or {}).get("input_tokens", 0) for r in result),
+            "output_tokens": sum((r["target_usage"] or {}).get("output_tokens", 0) for r in result),
+            "http_attempts": sum(r["query_attempts"] for r in result),
+            **retry_stats(cfg, "query_target"),
+            **budget_stats(cfg),
+        }
+        # failed rows (e.g. retries exhausted, budget) are retried by the next run: not finished
+        return Output(splits={"target": ok_rows, "failures": failed_rows},
+                      like={"target": failed_rows, "failures": ok_rows}, stats=stats, finished=not failed)
+
+    return stage.run(produce)
 
 
 def summary(stats: dict) -> str:
@@ -262,3 +258,36 @@ def _dry_run(cfg: RunConfig, rows: list[dict], sample: bool, cache) -> dict:
     if cfg.query.summarize_traces_with == "compressor":
         out["note"] = "target only: the compressor's cost (query.summarize_traces_with) is not included"
     return out
+
+
+def add_parser(subparsers) -> None:
+    """The ``query-target`` command."""
+    from trace_inversion.cli_options import add_config_args
+
+    p = subparsers.add_parser("query-target", help="pipeline: ask the target for answers and reasoning summaries",
+                              description="Query the target model (toy, OpenAI Responses API or an OpenAI-compatible "
+                                          "server) for each problem, through the request cache; a rerun pays nothing "
+                                          "twice.")
+    add_config_args(p)
+    p.add_argument("--split", help="input split (default: the config's data.split; toy: train or test)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="estimate the cost before any call: the worst case the budget would reserve (input bound x "
+                        "input price + output cap x output price per row) and, from responses already cached, the "
+                        "expected cost; sends nothing")
+    p.add_argument("--sample", action="store_true",
+                   help="with --dry-run: first query query.dry_run_sample rows (paid once, replayed by the real run) "
+                        "to measure the expected cost")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from trace_inversion.cli_options import claim, config_from, print_json
+
+    cfg = config_from(args, roles=("target",))
+    claim(cfg.output.dir, args)
+    rows = load_rows(cfg.data, args.split)  # --split overrides data.split only when given
+    if args.dry_run:
+        print_json(dry_run(cfg, rows, sample=args.sample))
+        return 0
+    print_json(run_query_target(cfg, rows, args.split or cfg.data.split))
+    return 0

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Optional
 
 from trace_inversion.config import RunConfig
-from trace_inversion.io import read_split, write_json, write_split
-from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, mark_finished,
-                                             reorder, report_stage, require_models, retry_stats, reuse_finished,
-                                             run_distiset, run_pipeline, stage_fingerprint, step_kwargs)
+from trace_inversion.io import read_split
+from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, reorder, require_models,
+                                             retry_stats, run_distiset, run_pipeline, step_kwargs)
+from trace_inversion.pipelines.stage import Output, Stage
+from trace_inversion.prompts import stage_templates
 
 DEFAULT_CONDITIONS = ["answer_only", "summary_answer", "surrogate_traces", "inverted_unfiltered",
                       "inverted_verified", "target_traces"]
@@ -64,30 +65,33 @@ def run_student_data(cfg: RunConfig, target_dir: Path, surrogate_dir: Optional[P
                      inversion_dir: Optional[Path] = None, conditions: Optional[list[str]] = None,
                      stage: str = "student_data") -> dict:
     """Write ``<output.dir>/<stage>`` with one config per condition (see the module doc)."""
-    from distilabel.pipeline import Pipeline
-    from distilabel.steps import LoadDataFromDicts
-
-    from trace_inversion.steps.student_format import FormatStudentSFT
-
-    import time
-
-    t0 = time.time()
     conditions = list(conditions or DEFAULT_CONDITIONS)
     if cfg.invert.unverifiable_to_students and "inverted_verified" in conditions \
             and "inverted_with_unverifiable" not in conditions:
         conditions.append("inverted_with_unverifiable")
     rows = join_sources(Path(target_dir), surrogate_dir and Path(surrogate_dir), inversion_dir and Path(inversion_dir))
-    out_dir = Path(cfg.output.dir) / stage
-    fp = stage_fingerprint(cfg, "student-data", rows, conditions=conditions)
-    done = reuse_finished(out_dir, fp)
-    if done is not None:
-        return report_stage(stage.replace("_", "-"), done, cfg, summary(done))
+    # no model calls: --retry-failed has nothing to resend here
+    run = Stage(cfg, "student-data", rows, folder=stage, summary=summary, inputs={"conditions": conditions},
+                templates=stage_templates(cfg, "student_user", "student_response"), calls_models=False)
+    return run.run(lambda: student_output(cfg, run, conditions, surrogate_dir, inversion_dir))
+
+
+def student_output(cfg: RunConfig, stage: Stage, conditions: list[str], surrogate_dir, inversion_dir) -> Output:
+    """One distilabel branch per condition, then the ``_matched`` variants."""
+    from distilabel.pipeline import Pipeline
+    from distilabel.steps import LoadDataFromDicts
+
+    from trace_inversion.steps.student_format import FormatStudentSFT
+
+    rows = stage.rows
+    fmt = {"user_template": stage.template("student_user"), "response_template": stage.template("student_response")}
     with Pipeline(name=f"student-data-{cfg.name}", cache_dir=distilabel_cache(cfg)) as pipeline:
         load = LoadDataFromDicts(name="load_rows", data=rows, batch_size=512)
         for c in conditions:
             base, col = DERIVED_CONDITIONS.get(c, (c, None))
-            load >> FormatStudentSFT(name=f"format_{c}", condition=base, reasoning_column=col, input_batch_size=512)
-    distiset = run_distiset(pipeline, cfg, stage.replace("_", "-"))
+            load >> FormatStudentSFT(name=f"format_{c}", condition=base, reasoning_column=col, input_batch_size=512,
+                                     **fmt)
+    distiset = run_distiset(pipeline, cfg, stage.label)
     counts, kept_by = {}, {}
     for c in conditions:
         result = reorder(distiset[f"format_{c}"]["train"].to_list(), [r["id"] for r in rows])
@@ -99,20 +103,12 @@ def run_student_data(cfg: RunConfig, target_dir: Path, surrogate_dir: Optional[P
     if cfg.students.matched:
         matched = {f"{c}_matched": [r for r in kept if r["id"] in shared] for c, kept in kept_by.items() if kept}
         configs.update(matched)
-    for name, kept in configs.items():
-        write_split(out_dir, name, kept)
-    removed = remove_stale_configs(out_dir, set(configs))
+    removed = remove_stale_configs(stage.out_dir, set(configs))  # the folder holds exactly this run's configs
     reasons = empty_reasons(counts, surrogate_dir, inversion_dir)
     stats = {"rows": len(rows), "conditions": counts, "matched_rows": len(shared) if matched else None,
-             "matched": {c: len(v) for c, v in matched.items()}, "empty": reasons, "removed_configs": removed,
-             "output_dir": str(out_dir), "seconds": round(time.time() - t0, 2)}
-    write_json(stats, out_dir / "stats.json")
-    from trace_inversion.hub_cards.card import write_stage_card
-
-    write_stage_card(out_dir, "student-data", cfg, stats, {**counts, **stats["matched"]},
-                     extra_sections={"Student conditions": conditions_section(stats)})
-    mark_finished(out_dir, fp, stats)
-    return report_stage(stage.replace("_", "-"), stats, cfg, summary(stats))
+             "matched": {c: len(v) for c, v in matched.items()}, "empty": reasons, "removed_configs": removed}
+    return Output(splits=configs, stats=stats, counts={**counts, **stats["matched"]},
+                  sections={"Student conditions": conditions_section(stats)})
 
 
 def matched_ids(kept_by: dict[str, list[dict]]) -> set[str]:
@@ -184,27 +180,24 @@ def run_surrogate_on_targets(cfg: RunConfig, target_dir: Path, out_name: str = S
     surrogate_trace, surrogate_answer: what ``join_sources`` reads) and ``failures``
     (truncated or failed generations, with the reason). Model calls go through the
     request cache; a finished run with the same inputs is reused."""
-    import time
+    require_models(cfg, "surrogate")
+    rows = [{"id": r["id"], "problem": r["problem"]} for r in read_split(Path(target_dir), "target")]
+    stage = Stage(cfg, "surrogate-on-targets", rows, folder=out_name, summary=surrogate_summary)
+    return stage.run(lambda: surrogate_output(cfg, stage))
 
+
+def surrogate_output(cfg: RunConfig, stage: Stage) -> Output:
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
     from trace_inversion.steps.surrogate_generation import GenerateSurrogateTraces
 
-    t0 = time.time()
-    require_models(cfg, "surrogate")
-    rows = [{"id": r["id"], "problem": r["problem"]} for r in read_split(Path(target_dir), "target")]
-    out_dir = Path(cfg.output.dir) / out_name
-    label = out_name.replace("_", "-")
-    fp = stage_fingerprint(cfg, "surrogate-on-targets", rows)
-    done = reuse_finished(out_dir, fp, cfg)
-    if done is not None:
-        return report_stage(label, done, cfg, surrogate_summary(done))
-    with Pipeline(name=f"{label}-{cfg.name}", cache_dir=distilabel_cache(cfg)) as pipeline:
+    rows = stage.rows
+    with Pipeline(name=f"{stage.label}-{cfg.name}", cache_dir=distilabel_cache(cfg)) as pipeline:
         load = LoadDataFromDicts(name="load_problems", data=rows, batch_size=256)
         load >> GenerateSurrogateTraces(name="surrogate_on_targets", max_model_len=cfg.inverter_data.max_model_len,
                                         **step_kwargs(cfg, "surrogate", len(rows)))
-    result = reorder(run_pipeline(pipeline, cfg, label), [r["id"] for r in rows])
+    result = reorder(run_pipeline(pipeline, cfg, stage.label), [r["id"] for r in rows])
     crashed_rows(result, "surrogate_model", "surrogate_error")
     ok = [r for r in result if not r.get("surrogate_error")]
     failed = [dict(r, failure=r["surrogate_error"]) for r in result if r.get("surrogate_error")]
@@ -213,20 +206,14 @@ def run_surrogate_on_targets(cfg: RunConfig, target_dir: Path, out_name: str = S
         return {"id": r["id"], "problem": r["problem"], "surrogate_output": r.get("surrogate_output"),
                 "failure": r.get("failure")}
 
-    write_split(out_dir, "traces", [{k: r.get(k) for k in SURROGATE_COLUMNS} for r in ok])
-    write_split(out_dir, "failures", [failure_row(r) for r in failed],
-                like=[dict(failure_row(r), failure="") for r in ok[:1]])
-    remove_stale_configs(out_dir, {"traces", "failures"})
+    remove_stale_configs(stage.out_dir, {"traces", "failures"})
     stats = {"rows_in": len(rows), "rows_out": len(ok), "failures": len(failed),
-             "failure_reasons": count_reasons(failed, "failure"), "seconds": round(time.time() - t0, 2),
-             "output_dir": str(out_dir), **retry_stats(cfg, "surrogate_on_targets")}
-    write_json(stats, out_dir / "stats.json")
-    from trace_inversion.hub_cards.card import write_stage_card
-
-    write_stage_card(out_dir, "surrogate-on-targets", cfg, stats, {"traces": len(ok), "failures": len(failed)})
-    if not failed:  # a rerun retries the failed rows (--retry-failed sends them fresh)
-        mark_finished(out_dir, fp, stats)
-    return report_stage(label, stats, cfg, surrogate_summary(stats))
+             "failure_reasons": count_reasons(failed, "failure"), **retry_stats(cfg, "surrogate_on_targets")}
+    # a rerun retries the failed rows (--retry-failed sends them fresh)
+    return Output(splits={"traces": [{k: r.get(k) for k in SURROGATE_COLUMNS} for r in ok],
+                          "failures": [failure_row(r) for r in failed]},
+                  like={"failures": [dict(failure_row(r), failure="") for r in ok[:1]]},
+                  stats=stats, finished=not failed)
 
 
 def surrogate_summary(stats: dict) -> str:
@@ -240,3 +227,63 @@ def summary(stats: dict) -> str:
     if stats.get("matched_rows") is not None:
         line += f" · {stats['matched_rows']:,} shared by all (_matched)"
     return line
+
+
+def add_parser(subparsers) -> None:
+    """The ``student-data`` command."""
+    from trace_inversion.cli_options import add_config_args
+
+    p = subparsers.add_parser("student-data", help="pipeline: build the paper's student conditions from stage outputs",
+                              description="Join target answers/summaries/traces, surrogate traces and inverted traces "
+                                          "by row id and write one TRL conversational config per condition, plus "
+                                          "<condition>_matched (the rows every non-empty condition shares).")
+    add_config_args(p)
+    p.add_argument("--target", help="query-target folder (default <output.dir>/target_query)")
+    p.add_argument("--surrogate", help="folder with a `traces` config of surrogate traces on the same problems "
+                                       "(default <output.dir>/surrogate_on_targets when it exists)")
+    p.add_argument("--run-surrogate", action="store_true",
+                   help="first run models.surrogate on the target's problems (-> <output.dir>/surrogate_on_targets; "
+                        "same as students.run_surrogate: true): the data of the surrogate_traces condition")
+    p.add_argument("--inversion", help="invert folder (default <output.dir>/inversion)")
+    p.add_argument("--conditions", help="comma-separated subset of conditions")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    import sys
+
+    from trace_inversion.cli_options import claim, config_from, print_json
+    from trace_inversion.data import check_local_models
+    from trace_inversion.errors import UserError
+
+    cfg = config_from(args)
+    run_surrogate = args.run_surrogate or cfg.students.run_surrogate
+    if run_surrogate:
+        if args.surrogate:
+            raise UserError("--surrogate and --run-surrogate both name the surrogate traces; fix: give one")
+        require_models(cfg, "surrogate")
+        check_local_models(cfg, ("surrogate",))
+    base = Path(cfg.output.dir)
+    target = Path(args.target or base / "target_query")
+    if not (target / "data" / "target").is_dir():
+        raise UserError(f"{target} holds no query-target output (data/target); fix: run query-target first, "
+                        "or pass --target FOLDER")
+    inversion = Path(args.inversion) if args.inversion else base / "inversion"
+    if not inversion.exists():
+        if args.inversion:
+            raise UserError(f"--inversion {inversion} does not exist; fix: run invert first, or check the path")
+        inversion = None  # the conditions without inversion still build
+    claim(cfg.output.dir, args)
+    if run_surrogate:  # the surrogate on the target's own problems: the surrogate_traces condition
+        run_surrogate_on_targets(cfg, target)
+        surrogate = base / SURROGATE_STAGE
+    elif args.surrogate:
+        surrogate = Path(args.surrogate)
+    else:
+        surrogate = base / SURROGATE_STAGE if (base / SURROGATE_STAGE / "data" / "traces").is_dir() else None
+    stats = run_student_data(cfg, target, surrogate, inversion,
+                             args.conditions.split(",") if args.conditions else DEFAULT_CONDITIONS)
+    for c, why in (stats.get("empty") or {}).items():
+        print(f"note: condition {c} is empty: {why}", file=sys.stderr)
+    print_json(stats)
+    return 0

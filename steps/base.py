@@ -2,34 +2,56 @@
 
 from typing import Any, Optional
 
+from distilabel.models.llms.base import LLM
 from distilabel.steps import Step
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
 
 class ModelStep(Step):
-    """A distilabel Step holding one model role.
+    """A distilabel Step holding one model role: any distilabel ``LLM``.
+
+    Every call goes through the request cache (``trace_inversion.models.CachedModel``):
+    a rerun replays finished requests and pays for none, whatever the LLM.
 
     Attributes:
-        model: a ``ModelConfig`` as a dict (any backend: toy, openai-responses,
-            openai-chat, vllm, transformers).
-        cache_path: the request cache every call goes through.
-        toy_world: ``ToyWorldConfig`` fields for the toy backend.
-        budget_usd: cap on new spending by this step (API backends).
+        llm: any distilabel LLM: the project's (``OpenAIResponsesLLM``, ``OpenAIChatLLM``,
+            ``VLLM``, ``TransformersLLM``, ``ToyLLM``) or distilabel's own
+            (``OpenAILLM``, ``TransformersLLM``, ``InferenceEndpointsLLM``, ...).
+        model: instead of ``llm``, a YAML ``ModelConfig`` as a dict (resolved by the
+            registry, ``trace_inversion.models.llm_from_config``).
+        cache_path: the request cache (SQLite file) every call goes through.
+        budget_usd: cap on new spending by this step (the project's API backends).
         total_rows: rows expected, for the progress bar.
-        max_model_len: context length for the vLLM engine (None: the model's).
+        max_model_len: context length for a vLLM engine built from ``model``.
         retry_failed: send a fresh request for each result the step judges a content
             failure (refusal, empty or truncated output, ...). Without it such results
             are replayed from the cache like any other (a plain rerun pays nothing).
     """
 
-    model: dict
+    llm: Optional[LLM] = Field(None, description="The model: any distilabel LLM.")
+    model: Optional[dict] = Field(None, description="A ModelConfig dict, instead of llm.")
     cache_path: str
-    toy_world: Optional[dict] = None
     budget_usd: Optional[float] = Field(None, description="Cap on new spending by this step.")
     total_rows: Optional[int] = Field(None, description="For the progress bar.")
     max_model_len: Optional[int] = None
     retry_failed: bool = Field(False, description="Re-request the rows whose cached result is a content failure.")
     progress_dir: Optional[str] = Field(None, description="Where the step reports its progress for the console.")
+
+    @model_validator(mode="after")
+    def _resolve_llm(self):
+        if self.llm is None:
+            if self.model is None:
+                raise ValueError(f"step {self.name}: give llm (any distilabel LLM) or model (a ModelConfig dict)")
+            from trace_inversion.models import llm_from_config
+
+            self.llm = llm_from_config(self.model, max_model_len=self.max_model_len)
+            self.model = None
+        elif self.max_model_len and getattr(self.llm, "backend", None) == "vllm":
+            engine = dict(self.llm.extra_kwargs or {})
+            if "max_model_len" not in engine:  # the model's own setting wins over the stage's
+                engine["max_model_len"] = self.max_model_len
+                self.llm.extra_kwargs = engine
+        return self
 
     _gen: Any = PrivateAttr(None)
     _bar: Any = PrivateAttr(None)
@@ -42,10 +64,10 @@ class ModelStep(Step):
 
     def load(self) -> None:
         super().load()
-        from trace_inversion.generation import model_generator
+        from trace_inversion.models import model_for_step
 
-        self._gen = model_generator(self.model, self.cache_path, self.toy_world, self.budget_usd,
-                                    getattr(self, "budget_scope", None), self.max_model_len)
+        self._gen = model_for_step(self.llm, self.cache_path, self.budget_usd, getattr(self, "budget_scope", None))
+        self._gen.load()
 
     def unload(self) -> None:
         if self._bar is not None:
@@ -64,12 +86,16 @@ class ModelStep(Step):
         """Where this step's time went (engine load vs generation), for stage stats and
         benchmarks: the step runs in a distilabel worker process."""
         import json
+        import os
 
         u = self._gen.usage
-        data = {"step": self.name, "backend": self._gen.cfg.backend, "seconds_in_model_calls": round(self._seconds, 3),
+        data = {"step": self.name, "backend": self._gen.backend, "seconds_in_model_calls": round(self._seconds, 3),
                 "engine_load_seconds": round(self._gen.load_seconds, 3), "requests": u.requests,
                 "cached_requests": u.cached_requests, "output_tokens": u.output_tokens, "cost_usd": u.cost_usd,
-                "retried_requests": self._retried, "retried_recovered": self._recovered}
+                "retried_requests": self._retried, "retried_recovered": self._recovered,
+                # where the engine ran: distilabel's placement sets CUDA_VISIBLE_DEVICES per step
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "cuda_devices": getattr(self.llm, "cuda_devices", None)}
         gen_s = self._seconds - self._gen.load_seconds
         data["generation_seconds"] = round(gen_s, 3)
         data["output_tokens_per_s"] = round(u.output_tokens / gen_s, 1) if gen_s > 0 else None
@@ -79,7 +105,7 @@ class ModelStep(Step):
 
     @property
     def model_name(self) -> str:
-        return self._gen.cfg.model
+        return self._gen.model_name
 
     def call_model(self, conversations: list, seeds: Optional[list] = None, failure=None) -> list:
         """Results in order; an internal failure becomes a failed result per row (never

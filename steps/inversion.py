@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 from distilabel.steps import StepInput
 from pydantic import Field, PrivateAttr
 
+from trace_inversion.prompts import INVERTER_USER_TEMPLATE
 from trace_inversion.steps.base import ModelStep
 
 if TYPE_CHECKING:
@@ -75,9 +76,12 @@ class InvertTraces(ModelStep):
         judge_model: the ``judge`` verifier's ``ModelConfig`` as a dict.
         prm: the ``prm`` verifier's ``PRMVerifier`` arguments (model, threshold, ...).
         answer_column / summary_column: input column names.
+        user_template: the inverter's user message (``prompts.INVERTER_USER_TEMPLATE``
+            by default; placeholders {problem}, {answer}, {summary}).
+        system_prompt: an optional system message sent before it.
         base_seed: seed of the first sample; sample k of round a uses
             ``base_seed + a * samples_per_round + k``.
-        model, cache_path, toy_world, total_rows, max_model_len: see ``ModelStep``.
+        llm (or model), cache_path, total_rows, max_model_len: see ``ModelStep``.
 
     Input columns:
         - id, problem, and the answer and summary columns
@@ -115,6 +119,8 @@ class InvertTraces(ModelStep):
     prm: Optional[dict] = None
     answer_column: str = "target_answer"
     summary_column: str = "target_summary"
+    user_template: str = Field(INVERTER_USER_TEMPLATE, description="The inverter's user message template.")
+    system_prompt: Optional[str] = Field(None, description="An optional system message for the inverter.")
     base_seed: int = 0
     progress_label: str = "invert"
 
@@ -138,7 +144,7 @@ class InvertTraces(ModelStep):
             raise ValueError(f"verifiers must start with answer, got {self.verifiers}; fix: e.g. [answer, steps]")
         judge_kw = None
         if self.judge_model:
-            judge_kw = {"model": self.judge_model, "cache_path": self.cache_path, "toy_world": self.toy_world,
+            judge_kw = {"model": self.judge_model, "cache_path": self.cache_path, "toy_world": getattr(self.llm, "world", None),
                         "budget_usd": self.budget_usd, "max_model_len": self.max_model_len,
                         "budget_scope": getattr(self, "budget_scope", None)}
         self._verifiers = make_verifiers(self.verifiers, judge_kw, self.prm)
@@ -168,7 +174,8 @@ class InvertTraces(ModelStep):
         from trace_inversion.prompts import inverter_messages
 
         summary = (row.get(self.summary_column) or "") if self.with_summary else None
-        return inverter_messages(row["problem"], row[self.answer_column] or "", summary)
+        return inverter_messages(row["problem"], row[self.answer_column] or "", summary,
+                                 template=self.user_template, system=self.system_prompt)
 
     def accepted(self, verdict: Optional[bool]) -> bool:
         return verdict is True

@@ -1,8 +1,11 @@
 """SFT formatting: rows into TRL conversational examples."""
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from distilabel.steps import Step, StepInput
+from pydantic import Field
+
+from trace_inversion.prompts import INVERTER_USER_TEMPLATE
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
@@ -18,6 +21,8 @@ class FormatInverterSFT(Step):
 
     Attributes:
         problem_column, answer_column, summary_column, trace_column: column names.
+        user_template / system_prompt: the inverter's user message template and
+            optional system message (those ``InvertTraces`` will query it with).
 
     Input columns:
         - problem, answer, summary, trace (names configurable)
@@ -37,6 +42,8 @@ class FormatInverterSFT(Step):
     answer_column: str = "surrogate_answer"
     summary_column: str = "summary"
     trace_column: str = "surrogate_trace"
+    user_template: str = Field(INVERTER_USER_TEMPLATE, description="The inverter's user message template.")
+    system_prompt: Optional[str] = Field(None, description="An optional system message for the inverter.")
 
     @property
     def inputs(self) -> "StepColumns":
@@ -54,6 +61,7 @@ class FormatInverterSFT(Step):
             p, a, s, t = (r.get(c) for c in (self.problem_column, self.answer_column, self.summary_column,
                                              self.trace_column))
             ok = all(isinstance(x, str) and x.strip() for x in (p, a, s, t))
-            out.append(dict(r, messages_with_summary=inverter_messages(p, a, s, t) if ok else None,
-                            messages_without_summary=inverter_messages(p, a, None, t) if ok else None))
+            fmt = dict(template=self.user_template, system=self.system_prompt)
+            out.append(dict(r, messages_with_summary=inverter_messages(p, a, s, t, **fmt) if ok else None,
+                            messages_without_summary=inverter_messages(p, a, None, t, **fmt) if ok else None))
         yield out

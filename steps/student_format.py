@@ -3,6 +3,9 @@
 from typing import TYPE_CHECKING, Optional
 
 from distilabel.steps import Step, StepInput
+from pydantic import Field
+
+from trace_inversion.prompts import STUDENT_RESPONSE_TEMPLATE, STUDENT_USER_TEMPLATE
 
 if TYPE_CHECKING:
     from distilabel.typing import StepColumns, StepOutput
@@ -32,6 +35,9 @@ class FormatStudentSFT(Step):
     Attributes:
         condition: one of the names above.
         reasoning_column / answer_column: override the condition's columns.
+        user_template: the user turn (placeholder {problem}; default the bare problem).
+        response_template: the assistant turn of a condition with reasoning
+            (placeholders {reasoning}, {answer}; default the format above).
 
     Input columns:
         - problem and the condition's columns
@@ -50,6 +56,8 @@ class FormatStudentSFT(Step):
     condition: str
     reasoning_column: Optional[str] = None
     answer_column: Optional[str] = None
+    user_template: str = Field(STUDENT_USER_TEMPLATE, description="The student's user turn template.")
+    response_template: str = Field(STUDENT_RESPONSE_TEMPLATE, description="The student's assistant turn template.")
 
     def columns(self) -> tuple[Optional[str], str]:
         if self.condition not in CONDITIONS:
@@ -75,6 +83,7 @@ class FormatStudentSFT(Step):
             answer = row.get(acol)
             reasoning = row.get(rcol) if rcol else None
             ok = isinstance(answer, str) and answer.strip() and (rcol is None or (isinstance(reasoning, str) and reasoning.strip()))
-            out.append(dict(row, messages=student_messages(row["problem"], reasoning, answer) if ok else None,
-                            condition=self.condition))
+            msgs = student_messages(row["problem"], reasoning, answer, self.user_template,
+                                    self.response_template) if ok else None
+            out.append(dict(row, messages=msgs, condition=self.condition))
         yield out

@@ -30,10 +30,12 @@ class CompressTraces(ModelStep):
     through with ``summary_error`` set.
 
     Attributes:
-        style: ``bubbles`` or ``recap`` (ignored when ``prompt_file`` is set).
+        style: ``bubbles`` or ``recap`` (ignored when ``prompt_file`` or ``prompt`` is set).
         prompt_file: path of a system prompt to use instead of a preset.
+        prompt: the system prompt's text itself (what the pipelines pass: the text the
+            stage's fingerprint covers, read once); overrides ``style`` and ``prompt_file``.
         input_column: the trace column (default ``surrogate_trace``).
-        model, cache_path, toy_world, total_rows, max_model_len: see ``ModelStep``.
+        llm (or model), cache_path, total_rows, max_model_len: see ``ModelStep``.
 
     Input columns:
         - the ``input_column`` (str)
@@ -52,6 +54,7 @@ class CompressTraces(ModelStep):
 
     style: str = Field("bubbles", description="bubbles (v1) or recap (v2)")
     prompt_file: Optional[str] = None
+    prompt: Optional[str] = Field(None, description="The system prompt text (overrides style and prompt_file).")
     input_column: str = "surrogate_trace"
     progress_label: str = "compress traces"
 
@@ -66,7 +69,7 @@ class CompressTraces(ModelStep):
     def system_prompt(self) -> str:
         from trace_inversion.prompts import compressor_prompt
 
-        return compressor_prompt(self.style, self.prompt_file)
+        return self.prompt if self.prompt is not None else compressor_prompt(self.style, self.prompt_file)
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         from trace_inversion.prompts import compressor_messages, prompt_hash

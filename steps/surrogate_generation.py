@@ -19,7 +19,7 @@ class GenerateSurrogateTraces(ModelStep):
     row keeps its place with ``surrogate_error`` set and goes to ``failures``.
 
     Attributes:
-        model, cache_path, toy_world, total_rows, max_model_len: see ``ModelStep``.
+        llm (or model), cache_path, total_rows, max_model_len: see ``ModelStep``.
 
     Input columns:
         - id (str), problem (str)

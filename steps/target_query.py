@@ -28,10 +28,10 @@ class QueryTarget(ModelStep):
     trace to a compressor (``trace_for_summary``) and leaves the summary to it.
 
     Attributes:
-        model: the target, a ``ModelConfig`` as a dict (backend toy, openai-responses
-            or openai-chat; vllm/transformers work too, for open targets).
+        llm: the target, any distilabel LLM (the project's ``OpenAIResponsesLLM``
+            keeps reasoning summaries; ``OpenAIChatLLM`` keeps ``reasoning_content``;
+            local engines work too, for open targets); or ``model``, a ModelConfig dict.
         cache_path: the request cache file.
-        toy_world: ``ToyWorldConfig`` fields for the toy backend.
         require_summary: treat an empty summary as a failure.
         system_prompt: optional system message sent before the problem.
         summarize_traces: the summary will be written by a compressor from the trace
@@ -126,7 +126,8 @@ class QueryTarget(ModelStep):
             error = "empty summary (require_summary is set)"
         out.update(target_answer=r.get("answer"), target_summary=r.get("summary") or None,
                    target_trace=r.get("trace") or None, target_usage=usage,
-                   target_cost_usd=cost_of(usage, self._gen.cfg), query_error=error)
+                   target_cost_usd=cost_of(usage, self._gen.cfg) if self._gen.cfg is not None else 0.0,
+                   query_error=error)
         if self.summarize_traces and error is None:
             out.update(target_summary=None, trace_for_summary=out["target_trace"])
         return out

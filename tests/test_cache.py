@@ -87,7 +87,7 @@ def test_a_retrained_local_model_never_replays_the_old_models_outputs(tmp_path):
 
     from trace_inversion.cache import model_signature
     from trace_inversion.config import ModelConfig
-    from trace_inversion.engines import LocalEngine
+    from trace_inversion.models.transformers import TransformersLLM
 
     model = tmp_path / "student"
     model.mkdir()
@@ -95,9 +95,9 @@ def test_a_retrained_local_model_never_replays_the_old_models_outputs(tmp_path):
     assert model_signature("org/some-model-id") is None
     cache = RequestCache(tmp_path / "c.sqlite")
     cfg = ModelConfig(backend="transformers", model=str(model))
-    key1 = LocalEngine(cfg, cache).model_key
-    assert key1 == LocalEngine(cfg, cache).model_key  # same weights: cache hits on a rerun
+    key1 = TransformersLLM.from_config(cfg).model_key
+    assert key1 == TransformersLLM.from_config(cfg).model_key  # same weights: cache hits on a rerun
     (model / "model.safetensors").write_bytes(b"weights v2")  # retrained into the same folder
     st = os.stat(model / "model.safetensors")
     os.utime(model / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    assert LocalEngine(cfg, cache).model_key != key1
+    assert TransformersLLM.from_config(cfg).model_key != key1

@@ -232,11 +232,10 @@ def test_api_targets_are_sent_only_the_fields_the_config_sets(toy_server, tmp_pa
 def test_responses_store_defaults_off_and_max_output_tokens_leaves_room_for_reasoning():
     from trace_inversion.clients import OpenAIResponsesClient
 
-    c = OpenAIResponsesClient(responses_cfg("http://127.0.0.1:1/v1"), cache=None)
+    c = OpenAIResponsesClient(responses_cfg("http://127.0.0.1:1/v1"))
     body = c.body([{"role": "user", "content": "x"}])
     assert body["store"] is False and body["max_output_tokens"] == 32768
-    c = OpenAIResponsesClient(responses_cfg("http://127.0.0.1:1/v1", store=True, sampling={"max_new_tokens": 4000}),
-                              cache=None)
+    c = OpenAIResponsesClient(responses_cfg("http://127.0.0.1:1/v1", store=True, sampling={"max_new_tokens": 4000}))
     body = c.body([{"role": "user", "content": "x"}])
     assert body["store"] is True and body["max_output_tokens"] == 4000
 
@@ -276,7 +275,7 @@ def test_parameters_a_service_rejects_are_config_errors_naming_the_field(bad, fi
     assert field in str(e.value) and "fix:" in str(e.value)
 
 
-def test_local_roles_keep_the_paper_presets_and_their_request_keys():
+def test_local_roles_keep_the_paper_presets_and_their_request_keys(tmp_path):
     from trace_inversion.cache import request_key
     from trace_inversion.clients import ToyTargetClient
 
@@ -287,7 +286,21 @@ def test_local_roles_keep_the_paper_presets_and_their_request_keys():
     m = [{"role": "user", "content": "q"}]
     old = request_key("toy", "toy-target", {"messages": m, "params": {"temperature": 0.7, "top_p": 0.9, "top_k": 50,
                       "repetition_penalty": 1.05, "max_new_tokens": 8192, "seed": None}, "n": 1})
-    assert ToyTargetClient(cfg, cache=None).key(m) == old  # caches written before this change still replay
+    # the toy world's settings are part of a toy request's key (changing the world never
+    # replays its old responses); the rest of the key is as before
+    world = {"seed": 0, "n_train": 2000, "n_test": 500, "n_ops": 6, "modulus": 10, "ops": "+-*", "summary_every": 2,
+             "surrogate_reliable_steps": 3, "surrogate_error_rate": 0.3, "surrogate_errors": "random",
+             "inverter_error_rate": 0.1, "inverter_forces_answer": 0.5}
+    assert ToyTargetClient(cfg).payload(m) == {"messages": m, "params": {"temperature": 0.7, "top_p": 0.9,
+                                               "top_k": 50, "repetition_penalty": 1.05, "max_new_tokens": 8192,
+                                               "seed": None}, "n": 1}
+    key = make_client(cfg, RequestCache(tmp_path / "k.sqlite")).key(m)
+    assert key != old
+    from trace_inversion.config import ToyWorldConfig
+
+    assert {k: v for k, v in ToyWorldConfig().model_dump().items() if k in world} == world
+    other = make_client(cfg, RequestCache(tmp_path / "k.sqlite"), world=ToyWorldConfig(surrogate_error_rate=0.5)).key(m)
+    assert other != key
 
 
 def test_request_keys_carry_the_server_and_a_declared_revision():
@@ -297,12 +310,12 @@ def test_request_keys_carry_the_server_and_a_declared_revision():
 
     def key(**kw):
         cfg = ModelConfig(**{"backend": "openai-chat", "model": "ckpt", "base_url": "http://a:8000/v1", **kw})
-        return OpenAIChatClient(cfg, cache=None).key(m)
+        return make_client(cfg, RequestCache(':memory:')).key(m)
 
     assert key() == key(base_url="http://a:8000/v1/")
     assert key() != key(base_url="http://b:8000/v1")
     assert key() != key(model_revision="step-2000") != key(model_revision="step-4000")
-    r = lambda url=None, **kw: OpenAIResponsesClient(responses_cfg(url, **kw), cache=None).key(m)  # noqa: E731
+    r = lambda url=None, **kw: make_client(responses_cfg(url, **kw), RequestCache(':memory:')).key(m)  # noqa: E731
     assert r() == r("https://api.openai.com/v1") != r("http://127.0.0.1:9/v1")
     assert r() == r(store=True)  # storing a response does not change it
 

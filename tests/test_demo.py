@@ -74,7 +74,7 @@ def test_demo_mid_size_ordering_data_flow_and_resume(tmp_path):
     output folder, inside a git checkout. It must succeed, write its artefacts and
     releases under runs/, and leave the clone byte-for-byte unchanged."""
     from trace_inversion.hub_cards.publish import list_tags
-    from trace_inversion.pipelines.demo import CONDITIONS
+    from trace_inversion.pipelines.students import DEFAULT_CONDITIONS as CONDITIONS
 
     import os
     import subprocess

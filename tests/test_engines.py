@@ -1,4 +1,4 @@
-"""The transformers engine: every EOS id of the generation config stops a sequence
+"""The transformers LLM (through the one request cache): every EOS id of the generation config stops a sequence
 ("stop", not "length"), each row samples from its own seed (its output is the same
 alone and in any batch), and the model is placed on the GPU when there is one.
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from trace_inversion.engines import row_seed
+from trace_inversion.models.transformers import row_seed
 
 SCRIPT = r"""
 import json, shutil, sys
@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from trace_inversion.cache import RequestCache
 from trace_inversion.config import ModelConfig
-from trace_inversion.engines import TransformersEngine, load_kwargs
+from trace_inversion.models import CachedModel
+from trace_inversion.models.transformers import TransformersLLM, load_kwargs
 
 src, tmp = Path(sys.argv[1]), Path(sys.argv[2])
 out = {}
@@ -31,7 +32,8 @@ n_cache = [0]
 def engine(model, batch_size=32, **sampling):
     n_cache[0] += 1
     cfg = ModelConfig(backend="transformers", model=str(model), sampling=sampling)
-    return TransformersEngine(cfg, RequestCache(tmp / f"cache{n_cache[0]}.sqlite"), batch_size=batch_size)
+    return CachedModel(TransformersLLM.from_config(cfg, batch_size=batch_size),
+                       RequestCache(tmp / f"cache{n_cache[0]}.sqlite"))
 
 
 def run(model, convs, seeds=None, batch_size=32, **sampling):
@@ -61,7 +63,7 @@ greedy_cfg = dict(temperature=0.0, repetition_penalty=1.0, max_new_tokens=16)
 one_res, _ = run(src, [prompt], **greedy_cfg)
 two_res, e2 = run(two, [prompt], **greedy_cfg)
 out["eos"] = {"greedy_has_im_end": tok.eos_token_id in greedy, "one": one_res[0], "two": two_res[0],
-              "eos_ids": e2.eos_ids, "expected_ids": sorted({tok.eos_token_id, second}),
+              "eos_ids": e2.llm.eos_ids, "expected_ids": sorted({tok.eos_token_id, second}),
               "expected_text": tok.decode(greedy[:k], skip_special_tokens=True),
               "full_text": tok.decode(greedy, skip_special_tokens=True), "k": k}
 

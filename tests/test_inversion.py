@@ -10,6 +10,7 @@ from trace_inversion.io import split_path
 
 from trace_inversion.config import load_config
 from trace_inversion.steps.inversion import InvertTraces, judge
+from trace_inversion.models.project import ToyLLM
 from trace_inversion.toy_world import ToyWorld, check_steps, parse_problem
 
 
@@ -24,8 +25,8 @@ def toy_rows(n=40, n_ops=5, seed=0):
 
 
 def step(tmp_path, **kw):
-    s = InvertTraces(model={"backend": "toy", "model": "toy-inverter"}, cache_path=str(tmp_path / "c.sqlite"),
-                     toy_world={"n_ops": 5, "inverter_error_rate": 0.3, "inverter_forces_answer": 0.0}, **kw)
+    s = InvertTraces(llm=ToyLLM(model="toy-inverter", world={"n_ops": 5, "inverter_error_rate": 0.3, "inverter_forces_answer": 0.0}),
+                     cache_path=str(tmp_path / "c.sqlite"), **kw)
     s.load()
     return s
 
@@ -111,8 +112,8 @@ def test_unverifiable_traces_are_resampled_and_never_verified(tmp_path):
 
 def test_step_verifier_rejects_and_resamples(tmp_path):
     rows = toy_rows(30)
-    s = InvertTraces(model={"backend": "toy", "model": "toy-inverter"}, cache_path=str(tmp_path / "c.sqlite"),
-                     toy_world={"n_ops": 5, "inverter_error_rate": 0.3, "inverter_forces_answer": 1.0},
+    s = InvertTraces(llm=ToyLLM(model="toy-inverter", world={"n_ops": 5, "inverter_error_rate": 0.3, "inverter_forces_answer": 1.0}),
+                     cache_path=str(tmp_path / "c.sqlite"),
                      verifiers=["answer", "steps"], max_attempts=4)
     s.load()
     out = next(s.process(rows))
@@ -158,8 +159,8 @@ def test_judge_verifier_in_the_step(toy_server, tmp_path):
     answer-consistent traces with a wrong step, like the exact checker would."""
     srv = toy_server()
     rows = toy_rows(12)
-    s = InvertTraces(model={"backend": "toy", "model": "toy-inverter"}, cache_path=str(tmp_path / "c.sqlite"),
-                     toy_world={"n_ops": 5, "inverter_error_rate": 0.3, "inverter_forces_answer": 1.0},
+    s = InvertTraces(llm=ToyLLM(model="toy-inverter", world={"n_ops": 5, "inverter_error_rate": 0.3, "inverter_forces_answer": 1.0}),
+                     cache_path=str(tmp_path / "c.sqlite"),
                      verifiers=["answer", "judge"], max_attempts=3,
                      judge_model={"backend": "openai-chat", "model": "toy-judge", "base_url": srv.base_url})
     s.load()

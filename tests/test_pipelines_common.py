@@ -1,7 +1,8 @@
 """Pure helpers shared by the pipelines: Ray step resources and stage fingerprints."""
 
 from trace_inversion.config import load_config
-from trace_inversion.pipelines.common import stage_fingerprint, step_resources
+from trace_inversion.pipelines.common import step_resources
+from trace_inversion.pipelines.stage import stage_fingerprint
 
 
 def _cfg(tmp_path, **over):
@@ -14,7 +15,9 @@ def _cfg(tmp_path, **over):
 def test_ray_resources_follow_tensor_parallel_size_and_replicas(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     local = step_resources(_cfg(tmp_path), "inverter")
-    assert local.replicas == 1 and local.gpus is None  # local runs: distilabel's own process pool
+    # local runs: distilabel's process pool, and its device placement gives the role its
+    # tensor_parallel_size devices of its own
+    assert local.replicas == 1 and local.gpus == 4
     ray = step_resources(_cfg(tmp_path, runtime={"ray": True, "replicas": 3}), "inverter")
     assert ray.replicas == 3 and ray.gpus == 4
     toy = step_resources(_cfg(tmp_path, runtime={"ray": True}), "target")

@@ -1,0 +1,256 @@
+"""The demo's run: every stage per world seed, trainings and evaluations in the
+background, then the report (see the package doc)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+from trace_inversion.config import deep_merge, load_config
+from trace_inversion.data import load_rows
+from trace_inversion.hub_cards.publish import publish_local
+from trace_inversion.io import write_json
+from trace_inversion.pipelines.build_inverter_data import run_build_inverter_data
+from trace_inversion.pipelines.demo.report import LABELS, plot, render_report, same_data
+from trace_inversion.pipelines.demo.scheduler import TrainQueue
+from trace_inversion.pipelines.invert import run_invert
+from trace_inversion.pipelines.query_target import run_query_target
+from trace_inversion.pipelines.students import DEFAULT_CONDITIONS, SURROGATE_STAGE, run_student_data
+from trace_inversion.safe_paths import claim_dir
+from trace_inversion.toy_world import REFERENCE_COLUMN
+from trace_inversion.training import TRAIN_THREADS_ENV, BackgroundRun, start_sft
+
+# Tiny-world training sizes, calibrated on 2 cores (see benchmarks/demo_calibration.md).
+DEMO = {"n_train": 3000, "n_test": 300, "n_ops": 5, "inverter_steps": 1000, "student_steps": 500,
+        "layers": 3, "max_new_tokens": 64, "parallel": 2}
+DEFAULT_OUTPUT = "runs/demo"
+
+
+def _log(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def tiny_base_model(root: Path, seed: int, layers: int) -> Path:
+    from trace_inversion.tiny_models import cached_tiny_lm, default_corpus
+
+    return cached_tiny_lm(root, corpus=default_corpus(seed=0), num_layers=layers, seed=seed)
+
+
+def seed_overrides(seed: int, out: Path, size: dict, inverter_backend: str, overrides: dict) -> dict:
+    """The run config of one seed (the user's ``overrides`` last): the toy world of this
+    seed at the demo's size, the trained tiny inverter, verified synthesis."""
+    gen = {"max_new_tokens": size["max_new_tokens"], "seed": seed}
+    return deep_merge({
+        "name": f"demo-seed{seed}", "seed": seed,
+        # the paper's premise: a surrogate that is systematically weaker (errors students inherit)
+        "data": {"toy": {"seed": seed, "n_train": size["n_train"], "n_test": size["n_test"], "n_ops": size["n_ops"],
+                         "surrogate_errors": "systematic"}},
+        "output": {"dir": str(out)},
+        "models": {"inverter": {"backend": inverter_backend, "model": str(out / "models" / "inverter"),
+                                "sampling": gen}},
+        "invert": {"max_attempts": 4, "max_model_len": 512},
+    }, overrides)
+
+
+class SeedJobs:
+    """One seed's background jobs on a ``TrainQueue``: the inverter's training, one
+    training per student condition, and each student's evaluation as soon as it is trained.
+    Students are evaluated in their own processes: this process stays torch-free
+    (distilabel forks it for the next stages and seeds)."""
+
+    def __init__(self, seed: int, out: Path, size: dict, base_model: str, test: list[dict]):
+        self.seed, self.out, self.size, self.base_model = seed, out, size, base_model
+        # Two trainings at once with one thread each beat one with two threads (~1.3x on 2 cores).
+        self.env = {TRAIN_THREADS_ENV: "1"} if size["parallel"] > 1 else None
+        self.counts: dict[str, int] = {}  # condition -> rows
+        self.results: dict[str, float] = {}  # condition -> accuracy
+        self.test_file = out / "eval" / "test.jsonl"
+        self.test_file.parent.mkdir(parents=True, exist_ok=True)
+        self.test_file.write_text("".join(json.dumps({"id": r["id"], "problem": r["problem"],
+                                                      REFERENCE_COLUMN: r[REFERENCE_COLUMN]}) + "\n" for r in test))
+        self.eval_env = dict(os.environ, OMP_NUM_THREADS="1") if size["parallel"] > 1 else None
+        self.queue = TrainQueue(max(1, size["parallel"]))
+
+    def start_inverter(self) -> BackgroundRun:
+        _log(f"seed {self.seed}: train the tiny inverter ({self.size['inverter_steps']} steps, trl sft)")
+        return start_sft("tiny/inverter.yaml", {
+            "model_name_or_path": self.base_model, "dataset_name": str(self.out / "inverter_data"),
+            "dataset_config": "with_summary", "output_dir": str(self.out / "models" / "inverter"),
+            "max_steps": self.size["inverter_steps"], "seed": self.seed},
+            self.out / "models" / "inverter.run", env=self.env)
+
+    def start_student(self, c: str, folder: str, threads: Optional[int] = None) -> BackgroundRun:
+        _log(f"seed {self.seed}: train student '{LABELS[c]}' ({self.counts[c]} rows, "
+             f"{self.size['student_steps']} steps)")
+        return start_sft("tiny/student.yaml", {
+            "model_name_or_path": self.base_model, "dataset_name": str(self.out / folder), "dataset_config": c,
+            "output_dir": str(self.out / "models" / f"student-{c}"), "max_steps": self.size["student_steps"],
+            "seed": self.seed}, self.out / "models" / f"student-{c}.run",
+            env={TRAIN_THREADS_ENV: str(threads)} if threads else self.env)
+
+    def train_student(self, c: str, folder: str, threads: Optional[int] = None, first: bool = False) -> None:
+        """Queue condition ``c``'s training on ``folder``, then its evaluation."""
+        self.queue.add(f"train_{c}", partial(self.start_student, c, folder, threads),
+                       then=partial(self.evaluate, c), first=first)
+
+    def evaluate(self, c: str, _trained: Optional[dict] = None) -> None:
+        """Queue the evaluation of condition ``c``'s student, ahead of queued trainings."""
+        d = claim_dir(self.out / "eval" / c)  # the evaluate command writes only folders the project made
+        self.queue.add(f"eval_{c}", partial(self.start_eval, c, d), then=partial(self.record, c), first=True)
+
+    def start_eval(self, c: str, d: Path) -> BackgroundRun:
+        cmd = [sys.executable, "-m", "trace_inversion.cli", "evaluate",
+               "--model", str(self.out / "models" / f"student-{c}"),
+               "--benchmark", str(self.test_file), "--split", "test", "--id-column", "id",
+               "--answer-column", REFERENCE_COLUMN, "--backend", "transformers", "--temperature", "0",
+               "--max-new-tokens", str(self.size["max_new_tokens"]), "--output", str(d)]
+        return BackgroundRun(cmd, d / "eval.log", self.eval_env, name=f"evaluate {c}",
+                             finish=partial(_read_accuracy, d))
+
+    def record(self, c: str, res: dict) -> None:
+        self.results[c] = res["accuracy_mean"]
+        _log(f"seed {self.seed}: {LABELS[c]}: {res['accuracy_mean']:.1%}")
+
+
+def _read_accuracy(folder: Path, log: str) -> dict:
+    return json.loads((folder / "accuracy.json").read_text())
+
+
+def _timed(timings: dict[str, float], name: str, fn, *a, **kw):
+    """``fn(*a, **kw)``, its wall time recorded as ``timings[name]``."""
+    t = time.time()
+    r = fn(*a, **kw)
+    timings[name] = round(time.time() - t, 1)
+    return r
+
+
+def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict, size: dict,
+             inverter_backend: str) -> dict:
+    t_seed = time.time()
+    out = base / f"seed{seed}"
+    over = seed_overrides(seed, out, size, inverter_backend, overrides)
+    # The inverter folder exists only after training: validate the rest now, the inverter later.
+    pre = deep_merge(over, {"models": {"inverter": {"backend": "toy", "model": "toy-inverter"}}})
+    cfg = load_config(config_path, pre)
+    timings: dict[str, float] = {}
+    train, test = load_rows(cfg.data, "train"), load_rows(cfg.data, "test")
+    attacker = load_rows(cfg.data, "attacker")
+    base_model = str(tiny_base_model(base / ".models", seed, size["layers"]))
+    trained: dict[str, str] = {}  # condition -> the condition whose student it uses (identical data)
+    base_conds = [c for c in DEFAULT_CONDITIONS if not c.startswith("inverted")]
+    inv_conds = [c for c in DEFAULT_CONDITIONS if c.startswith("inverted")]
+    jobs = SeedJobs(seed, out, size, base_model, test)
+    queue, counts = jobs.queue, jobs.counts
+    try:
+        # The inverter (the longest job) starts as soon as its data exists; the target
+        # query and the students that need no inversion run beside it.
+        _log(f"seed {seed}: surrogate traces + simulated summaries -> inverter data ({len(attacker)} attacker problems)")
+        _timed(timings, "inverter_data", run_build_inverter_data, cfg, attacker, "inverter_data")
+        queue.add("train_inverter", jobs.start_inverter)
+        _log(f"seed {seed}: query the target ({len(train)} problems)")
+        q = _timed(timings, "query_target", run_query_target, cfg, train)
+        _timed(timings, SURROGATE_STAGE, run_build_inverter_data, cfg, train, SURROGATE_STAGE)
+        sd = _timed(timings, "student_data", run_student_data, cfg, out / "target_query", out / SURROGATE_STAGE,
+                    None, base_conds, "student_data")
+        counts.update(sd["conditions"])
+        for c in base_conds:
+            if counts.get(c):
+                trained[c] = c
+                jobs.train_student(c, "student_data")
+        queue.wait("train_inverter")
+        cfg = load_config(config_path, over)
+        _log(f"seed {seed}: invert with verified synthesis ({inverter_backend})")
+        # vLLM's CPU engine binds an OpenMP thread to every core and spins at barriers: next
+        # to a training it ran ~4x slower (148 s instead of 34 s), so trainings pause meanwhile.
+        with queue.paused():
+            inv = _timed(timings, "invert", run_invert, cfg)
+        queue.pump()
+        releases = {}
+        for stage in ("target_query", "inversion"):
+            repo = base / "releases" / f"{stage}-seed{seed}"
+            # identical content (a resumed run) returns the existing release instead of a new tag
+            releases[stage] = publish_local(out / stage, repo, message=f"demo seed {seed}: {stage}")
+        sdi = _timed(timings, "student_data_inverted", run_student_data, cfg, out / "target_query",
+                     out / SURROGATE_STAGE, out / "inversion", inv_conds, "student_data_inverted")
+        counts.update(sdi["conditions"])
+        groups = same_data(out / "student_data_inverted", [c for c in inv_conds if counts.get(c)])
+        # A student that would train alone at the end gets both threads.
+        lone = size["parallel"] > 1 and not queue.pending and sum(c == g for c, g in groups.items()) == 1
+        for c, same in groups.items():
+            trained[c] = same
+            if same == c:
+                jobs.train_student(c, "student_data_inverted", size["parallel"] if lone else None, first=True)
+            else:
+                _log(f"seed {seed}: '{LABELS[c]}' has the same rows as '{LABELS[same]}': one student serves both")
+        queue.wait()
+    finally:
+        queue.close()
+    timings.update(queue.seconds)
+    results = jobs.results
+    for c, same in trained.items():
+        if same != c:  # the same data, so the same student: a copy keeps every condition's folder
+            shutil.copytree(out / "models" / f"student-{same}", out / "models" / f"student-{c}", dirs_exist_ok=True)
+            results[c] = results[same]
+    return {"seed": seed, "accuracy": {c: results[c] for c in DEFAULT_CONDITIONS if c in results}, "rows": counts,
+            "same_data": {c: s for c, s in trained.items() if s != c}, "target": q, "inversion": inv,
+            "releases": releases, "timings": timings, "seconds": round(time.time() - t_seed, 1)}
+
+
+def run_demo(output: Optional[str] = None, seeds: int = 1, config_path: Optional[str] = None,
+             overrides: Optional[dict] = None, size: Optional[dict] = None, inverter_backend: str = "vllm") -> str:
+    t0 = time.time()
+    base = Path(output or DEFAULT_OUTPUT)
+    base.mkdir(parents=True, exist_ok=True)
+    size = dict(DEMO, **(size or {}))
+    # No SIGTERM handler here: distilabel's pool workers inherit it, and Pool.terminate
+    # stops them with SIGTERM (a handler there hung a run). Ctrl-C stops the background
+    # trainings (TrainQueue.close in a finally); they run in their own process groups.
+    runs = [run_seed(s, base, config_path, overrides or {}, size, inverter_backend) for s in range(seeds)]
+    seconds = time.time() - t0
+    report = render_report(runs, size, seconds)
+    (base / "report.md").write_text(report)
+    plot(runs, base / "results.png")
+    write_json({"size": size, "runs": runs, "seconds": round(seconds, 1)}, base / "stats.json")
+    return report + f"\nWrote {base / 'report.md'}, {base / 'results.png'} and {base / 'stats.json'}."
+
+
+def add_parser(subparsers) -> None:
+    """The ``demo`` command."""
+    from trace_inversion.cli_options import add_config_args
+
+    p = subparsers.add_parser("demo", help="pipeline: the end-to-end toy-world run (offline, CPU, no key)",
+                              description="Run every implemented stage on the embedded toy world and print a report.")
+    add_config_args(p)
+    p.add_argument("--seeds", type=int, default=1, help="world seeds to run (default 1)")
+    p.add_argument("--size", action="append", default=[], metavar="KEY=N",
+                   help="override a demo size (n_train, n_test, n_ops, inverter_steps, student_steps, layers, "
+                        "max_new_tokens), e.g. --size n_train=400 for a quick run")
+    p.add_argument("--inverter-backend", choices=["vllm", "transformers"], default="vllm",
+                   help="engine that runs the trained inverter (default vllm)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from trace_inversion.cli_options import claim, parse_overrides
+    from trace_inversion.errors import UserError
+
+    overrides = parse_overrides(args.overrides)
+    if args.retry_failed:
+        overrides = deep_merge(overrides, {"runtime": {"retry_failed": True}})
+    size = {}
+    for item in args.size:
+        k, _, v = item.partition("=")
+        if k not in DEMO:
+            raise UserError(f"--size {k}: unknown; fix: one of {sorted(DEMO)}")
+        size[k] = int(v)
+    output = args.output or DEFAULT_OUTPUT
+    claim(output, args)
+    print(run_demo(output=output, seeds=args.seeds, config_path=args.config, overrides=overrides, size=size,
+                   inverter_backend=args.inverter_backend))
+    return 0
