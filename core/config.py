@@ -451,6 +451,14 @@ class QueryConfig(_Strict):
         None, description="For a target whose reasoning is a full trace (reasoning_field: trace, e.g. a vLLM server "
         "with a reasoning parser): write target_summary with models.compressor (inverter_data.summary_style or "
         "prompt_file), as in the paper's open-target experiments; the trace stays in target_trace.")
+    batch_api: bool = Field(False, description="Send the target's requests through OpenAI's Batch API first (half "
+                            "the price, results within 24 h): submitted once, resumable across runs (a rerun "
+                            "collects a batch an earlier run submitted), results stored in the request cache; "
+                            "whatever the batch could not answer is then requested directly. openai-* targets only.")
+    batch_poll_s: float = Field(30.0, gt=0, le=3600, description="Seconds between batch status checks.")
+    batch_wait_s: Optional[float] = Field(None, gt=0, description="How long a run waits for its batches (unset: "
+                                          "until they finish); past it the run stops, and the next run collects "
+                                          "them (nothing is submitted twice).")
 
     @field_validator("refusal_patterns")
     @classmethod
@@ -665,6 +673,9 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _budget_needs_prices(self) -> "RunConfig":
         t = self.models.target
+        if self.query.batch_api and t is not None and t.backend not in API_BACKENDS:
+            raise ValueError(f"query.batch_api needs an OpenAI API target, but models.target.backend is {t.backend}; "
+                             "fix: use backend openai-responses or openai-chat, or set query.batch_api: false")
         if self.budget_usd is not None and t is not None and t.backend != "toy" and \
                 t.price_input_per_mtok == 0 and t.price_output_per_mtok == 0:
             raise ValueError("budget_usd is set but models.target has no prices, so spending cannot be measured; "

@@ -14,6 +14,7 @@ opened here before the pipeline starts. Output: parquet under
 from __future__ import annotations
 
 from trace_inversion.config import RunConfig
+from trace_inversion.errors import UserError
 from trace_inversion.data import load_rows
 from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, reorder, require_models,
                                              retry_stats, run_pipeline, step_kwargs, step_timings)
@@ -118,6 +119,7 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
 
     def produce() -> Output:
         check_credentials(cfg)
+        batch = run_batch_api(cfg, rows) if cfg.query.batch_api else None
         pipeline = build_pipeline(cfg, rows, prompts=stage.templates)
         open_budget(cfg)
         result = reorder(run_pipeline(pipeline, cfg, stage.label), [r["id"] for r in rows])
@@ -138,18 +140,82 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
             "failures": len(failed),
             "failure_reasons": count_reasons(failed, "query_error"),
             "cost_usd": sum(r["target_cost_usd"] or 0 for r in result),  # what the dataset cost to produce
-            "new_cost_usd": (step_timings(cfg, "query_target") or {}).get("cost_usd", 0.0),  # paid in this run
+            "new_cost_usd": round((step_timings(cfg, "query_target") or {}).get("cost_usd", 0.0)
+                                  + (batch or {}).get("cost_usd", 0.0), 9),  # paid in this run
             "input_tokens": sum((r["target_usage"] or {}).get("input_tokens", 0) for r in result),
             "output_tokens": sum((r["target_usage"] or {}).get("output_tokens", 0) for r in result),
             "http_attempts": sum(r["query_attempts"] for r in result),
             **retry_stats(cfg, "query_target"),
             **budget_stats(cfg),
+            **({"batch_api": batch} if batch is not None else {}),
         }
         # failed rows (e.g. retries exhausted, budget) are retried by the next run: not finished
         return Output(splits={"target": ok_rows, "failures": failed_rows},
                       like={"target": failed_rows, "failures": ok_rows}, stats=stats, finished=not failed)
 
     return stage.run(produce)
+
+
+class BatchPending(UserError):
+    """The run's batches are still running at the provider (nothing is lost)."""
+
+
+def run_batch_api(cfg: RunConfig, rows: list[dict]) -> dict:
+    """``query.batch_api``: every target request not yet in the request cache goes to
+    OpenAI's Batch API (``batch_api.run_batch``: submitted once, picked up again by a
+    later run, results stored under the keys the direct path uses). The pipeline then
+    replays them from the cache; what the batch could not answer is requested directly.
+    Batches still running after ``query.batch_wait_s`` stop the run with
+    ``BatchPending``: the next run collects them."""
+    from trace_inversion.batch_api import BatchRequest, run_batch
+    from trace_inversion.cache import RequestCache
+    from trace_inversion.clients import (api_key_for, cost_of, max_cost, parse_chat_output, parse_responses_output,
+                                         request_client)
+    from trace_inversion.config import ConfigError
+    from trace_inversion.models import CachedModel, llm_from_config
+
+    t = cfg.models.target
+    system = [{"role": "system", "content": cfg.query.system_prompt}] if cfg.query.system_prompt else []
+    convs = [system + [{"role": "user", "content": r["problem"]}] for r in rows]
+    responses = t.backend == "openai-responses"
+    parser = parse_responses_output if responses else parse_chat_output
+    cache = RequestCache(cfg.resolved_cache_path, secret_env=(t.api_key_env,))
+    try:
+        direct = CachedModel(llm_from_config(t), cache)  # the keys and cache payloads of the direct path
+        raw = request_client(t)  # the bodies it would send
+        todo = [m for m in convs if direct.key(m) not in cache]
+        if cfg.budget_usd is not None and todo:
+            worst = sum(max_cost(t, m) or 0.0 for m in todo) * 0.5
+            if worst > cfg.budget_usd:
+                raise ConfigError([f"query.batch_api: the batch's worst case (${worst:.4f} for {len(todo):,} requests "
+                                   f"at half price) exceeds budget_usd (${cfg.budget_usd}): a batch is paid as a "
+                                   "whole once submitted; fix: raise budget_usd, lower sampling.max_new_tokens, or "
+                                   "query fewer rows (data.subset)"])
+        reqs = [BatchRequest(key=direct.key(m), body={"model": t.model, **raw.body(m)}, key_payload=direct.payload(m),
+                             model=direct.llm.model_key, backend=direct.backend) for m in todo]
+        report = run_batch(reqs, cache=cache, parse=lambda body: dict(parser(body), price_factor=0.5),
+                           state_dir=cfg.resolved_cache_path.resolve().parent / "batches",
+                           run_tag=f"{cfg.name}/target", endpoint="/v1/responses" if responses else
+                           "/v1/chat/completions", base_url=t.base_url, api_key=api_key_for(t),
+                           poll_s=cfg.query.batch_poll_s, timeout_s=cfg.query.batch_wait_s,
+                           cost_fn=lambda u: cost_of(u, t))
+    finally:
+        cache.close()  # never left open for the pipeline's fork
+    if report.status == "pending":
+        raise BatchPending(f"{len(report.pending)} batch(es) still running at the provider ({', '.join(report.pending)});"
+                           " nothing is lost and nothing will be submitted twice: run the same command again later "
+                           "to collect them (or raise query.batch_wait_s)")
+    return {"requests": len(convs), "already_cached": len(convs) - len(todo), "created": len(report.created),
+            "resumed": len(report.resumed), "stored": report.stored, "failed": len(report.failures),
+            "failure_reasons": _reason_counts(report.failures.values()), "cost_usd": round(report.cost_usd, 9),
+            "cost_full_price_usd": round(report.cost_full_price_usd, 9)}
+
+
+def _reason_counts(reasons) -> dict:
+    out: dict = {}
+    for r in reasons:
+        out[str(r)[:120]] = out.get(str(r)[:120], 0) + 1
+    return out
 
 
 def summary(stats: dict) -> str:

@@ -126,7 +126,8 @@ class QueryTarget(ModelStep):
             error = "empty summary (require_summary is set)"
         out.update(target_answer=r.get("answer"), target_summary=r.get("summary") or None,
                    target_trace=r.get("trace") or None, target_usage=usage,
-                   target_cost_usd=cost_of(usage, self._gen.cfg) if self._gen.cfg is not None else 0.0,
+                   target_cost_usd=(cost_of(usage, self._gen.cfg) * r.get("price_factor", 1.0)  # a Batch API result: half price
+                                    if self._gen.cfg is not None else 0.0),
                    query_error=error)
         if self.summarize_traces and error is None:
             out.update(target_summary=None, trace_for_summary=out["target_trace"])

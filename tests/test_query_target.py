@@ -209,3 +209,36 @@ def test_full_trace_target_summarised_by_the_compressor(toy_server, tmp_path):
         assert r["summary_model"] == "toy-compressor"
     st = srv.stats()
     assert st["rejected"] == 0 and st["ignored_fields"] == {} and st["fields_seen"]["top_k"] == 30
+
+
+def test_batch_api_half_price_resumed_after_a_stop_never_submitted_twice(toy_server, tmp_path):
+    """query.batch_api through the stage: the first run stops while the batch runs (as
+    after a crash between submit and retrieve), the next collects it without submitting
+    again, the pipeline replays every result from the cache (no direct request), each
+    row costs half the direct price, and a rerun of the finished stage is free."""
+    from trace_inversion.pipelines.query_target import BatchPending
+
+    srv = toy_server(batch_delay=4)
+    cfg, _ = config(tmp_path, srv, n=12, query={"batch_api": True, "batch_poll_s": 0.2, "batch_wait_s": 1})
+    with pytest.raises(BatchPending, match="run the same command again"):
+        run_query_target(cfg)
+    assert srv.get("/stats")["batch_creates"] == 1
+    time.sleep(4)
+    stats = run_query_target(cfg)
+    st = srv.get("/stats")
+    assert st["batch_creates"] == 1  # picked up, not submitted again
+    assert st["total"] == 12 and max(st["counts"].values()) == 1  # each request ran once, inside the batch
+    assert stats["rows_out"] == 12 and stats["batch_api"]["resumed"] == 1 and stats["batch_api"]["stored"] == 12
+    ok, _ = outputs(tmp_path)
+    full = stats["batch_api"]["cost_full_price_usd"]
+    assert full > 0 and abs(sum(ok["target_cost_usd"]) - full / 2) < 1e-9
+    assert abs(stats["new_cost_usd"] - full / 2) < 1e-9
+    again = run_query_target(cfg)
+    assert again.get("reused") and srv.get("/stats")["total"] == 12
+
+
+def test_batch_api_needs_an_api_target(tmp_path):
+    from trace_inversion.config import ConfigError
+
+    with pytest.raises(ConfigError, match="query.batch_api needs an OpenAI API target"):
+        config(tmp_path, backend="toy", target={"model": "toy-target"}, query={"batch_api": True})

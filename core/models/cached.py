@@ -44,8 +44,9 @@ class CachedModel:
         self.is_async = isinstance(llm, AsyncLLM)
         self.concurrency = getattr(getattr(llm, "cfg", None), "concurrency", concurrency)
         self.chunk_size = chunk_size or (256 if getattr(llm, "backend", "") == "vllm" else 64)
-        self.hits = Usage()  # cache hits (the LLM counts what it paid)
-        self.misses = Usage()  # other LLMs' generations
+        self.hits = Usage()  # cache hits
+        self.misses = Usage()  # generations, for LLMs that do not count what they paid themselves
+        self._own_usage = self.project and hasattr(type(llm), "usage")  # the API/toy clients count theirs
         if self.project and hasattr(llm, "bind_budget"):
             llm.bind_budget(budget)
         elif budget is not None and budget.cap is not None:
@@ -88,7 +89,7 @@ class CachedModel:
     # ------------------------------------------------------------------ accounting
     @property
     def usage(self) -> Usage:
-        paid = getattr(self.llm, "usage", None) if self.project else self.misses
+        paid = self.llm.usage if self._own_usage else self.misses
         u = Usage()
         for src in (self.hits, paid or Usage()):
             for f in vars(u):
@@ -125,7 +126,7 @@ class CachedModel:
         response = self.cache.clean(response)
         model = self.llm.model_key if self.project else self._foreign_model
         self.cache.put(key, self.backend, model, payload, response)
-        if not self.project:
+        if not self._own_usage:
             self.misses.add(response.get("usage", {}), 0.0, False)
         return response
 
