@@ -70,7 +70,7 @@ def corpus_rows() -> list[tuple[str, str]]:
 
 
 def clear_caches():
-    from trace_inversion import answer_matching as am
+    from trace_inversion.scoring import answer_matching as am
 
     for f in (am.extract_final_answer, am._math_verdict, am._mv_parse, am._mv_extract_guarded):
         f.cache_clear()
@@ -78,7 +78,7 @@ def clear_caches():
 
 def run_chunk(rows, fresh: bool = False):
     """Verdicts and the math-verify calls they needed."""
-    from trace_inversion import answer_matching as am
+    from trace_inversion.scoring import answer_matching as am
 
     if fresh:  # a forked worker inherits the parent's caches: start them empty
         clear_caches()
@@ -153,8 +153,8 @@ def bench_corpus(passes: int) -> dict:
 def bench_toy_steps(n_rows: int) -> dict:
     """The toy world's exact step checker (the ``steps`` verifier) on surrogate traces of
     5-operation problems with its systematic errors: a mix of right and wrong steps."""
-    from trace_inversion.toy_world import ToyWorld
-    from trace_inversion.verifiers import ToyStepsVerifier
+    from trace_inversion.toy.world import ToyWorld
+    from trace_inversion.scoring.verifiers import ToyStepsVerifier
 
     w = ToyWorld(seed=0, n_ops=5, surrogate_errors="systematic")
     problems, _ = w.splits(n_rows, 0)

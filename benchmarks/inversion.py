@@ -31,7 +31,7 @@ def main() -> None:
     from trace_inversion.pipelines.invert import load_inversion_rows, run_invert
     from trace_inversion.pipelines.query_target import run_query_target
     from trace_inversion.prompts import inverter_messages
-    from trace_inversion.tiny_models import cached_tiny_lm
+    from trace_inversion.toy.tiny_models import cached_tiny_lm
 
     work = Path(tempfile.mkdtemp(prefix="bench-inversion-"))
     model = cached_tiny_lm(Path(__file__).resolve().parent.parent / ".cache" / "tiny-models")
@@ -64,7 +64,7 @@ def main() -> None:
     t = time.perf_counter()
     stats = run_invert(cfg, rows)
     pipe_s = time.perf_counter() - t
-    from trace_inversion.cache import RequestCache
+    from trace_inversion.models.cache import RequestCache
     import sqlite3
 
     with sqlite3.connect(str(cfg.resolved_cache_path)) as c:

@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--concurrency", type=int, default=32)
     args = ap.parse_args()
-    from trace_inversion.servers import start_toy_server
+    from trace_inversion.local_services.servers import start_toy_server
 
     work = Path(tempfile.mkdtemp(prefix="bench-resume-"))
     with start_toy_server(work / "logs", latency=args.latency) as srv:

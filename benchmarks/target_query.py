@@ -43,8 +43,8 @@ def raw_throughput(url: str, problems: list[str], concurrency: int) -> float:
 
 
 def client_throughput(url: str, problems: list[str], concurrency: int, workdir: Path, tag: str) -> dict:
-    from trace_inversion.cache import RequestCache
-    from trace_inversion.clients import make_client
+    from trace_inversion.models.cache import RequestCache
+    from trace_inversion.models.clients import make_client
     from trace_inversion.config import ModelConfig
 
     cfg = ModelConfig(backend="openai-responses", model="toy-target", base_url=url + "/v1", concurrency=concurrency,
@@ -72,8 +72,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--latency", type=float, default=0.25)
     a = ap.parse_args()
-    from trace_inversion.servers import start_toy_server
-    from trace_inversion.toy_world import ToyWorld
+    from trace_inversion.local_services.servers import start_toy_server
+    from trace_inversion.toy.world import ToyWorld
 
     problems = [p.text for p in ToyWorld(seed=0).problems(a.rows)]
     ideal = a.concurrency / a.latency

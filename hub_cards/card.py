@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from trace_inversion import __version__
-from trace_inversion.secrets import scrub
+from trace_inversion.config.secrets import scrub
 from trace_inversion.errors import UserError
 
 TEMPLATE = Path(__file__).parent / "templates" / "dataset_card.md"
@@ -59,7 +59,7 @@ def fenced(text: str, lang: str = "") -> str:
 # ----------------------------------------------------------------------------- metadata
 def configs_block(folder: Path) -> list[dict]:
     """``configs:`` entries for the current shard of every split in ``data/<config>/``."""
-    from trace_inversion.io import split_path
+    from trace_inversion.data.io import split_path
 
     out = []
     data = folder / "data"
@@ -241,7 +241,7 @@ def card_context(title: str, stage: str, cfg_dict: dict, stats: dict, counts: di
 
 def write_card(folder: Path, ctx: dict) -> Path:
     """Render, validate and atomically write README.md (+ card.json) in ``folder``."""
-    from trace_inversion.io import write_json
+    from trace_inversion.data.io import write_json
 
     folder = Path(folder)
     text = render_card(folder, ctx)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from trace_inversion.errors import UserError
-from trace_inversion.safe_paths import MARKER, absolute, check_disjoint, claim_dir, mark_owned
+from trace_inversion.config.safe_paths import MARKER, absolute, check_disjoint, claim_dir, mark_owned
 
 _TAG = re.compile(r"^v[0-9]+(\.[0-9]+)*$")
 RELEASE_EXTRAS = ("stats.json", "card.json")

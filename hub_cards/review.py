@@ -58,9 +58,9 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from trace_inversion.io import read_split, write_json, write_split
+from trace_inversion.data.io import read_split, write_json, write_split
 from trace_inversion.errors import UserError
-from trace_inversion.verifiers import STEP_VERIFIERS  # the step-level verifiers with their own metadata
+from trace_inversion.scoring.verifiers import STEP_VERIFIERS  # the step-level verifiers with their own metadata
 
 QUESTIONS = ("consistent", "plausible", "rating", "comment")
 STEP_QUESTION = "wrong_step"  # optional text: a step number, or "none"
@@ -624,7 +624,7 @@ def build_reviewed(folder: str | os.PathLike, reviews: dict[str, list[dict]], ou
     """A reviewed copy of stage folder ``folder`` in ``out``: review columns on
     ``config``, rejected rows moved to ``review_rejected``, the card re-rendered."""
     from trace_inversion.hub_cards.card import load_context, write_card
-    from trace_inversion.safe_paths import absolute, claim_dir
+    from trace_inversion.config.safe_paths import absolute, claim_dir
 
     src = absolute(folder)
     # a folder of the project's (or --force) is replaced; never the pushed folder or one around it
@@ -715,7 +715,7 @@ def main(args) -> int:
     from trace_inversion.cli_options import print_json
 
     if args.action == "serve":
-        from trace_inversion.argilla_stack import main as serve
+        from trace_inversion.local_services.argilla_stack import main as serve
 
         return serve([args.folder])
     client = client_from_env(args.api_url, args.key_env)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+from trace_inversion.pipelines import STAGES
 from trace_inversion.config import RunConfig
-from trace_inversion.io import read_split, split_path
+from trace_inversion.data.io import read_split, split_path
 from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, reorder, require_models,
                                              retry_stats, run_pipeline, step_kwargs)
 from trace_inversion.pipelines.stage import Output, Stage
@@ -64,8 +65,8 @@ def target_summaries(folder: Optional[str]) -> Optional[list[str]]:
     return [r.get("target_summary") for r in read_split(folder, "target")]
 
 
-def run_build_inverter_data(cfg: RunConfig, rows: list[dict], out_name: str = "inverter_data") -> dict:
-    from trace_inversion.style_report import format_report, style_report
+def run_build_inverter_data(cfg: RunConfig, rows: list[dict], out_name: str = STAGES["build-inverter-data"]["folder"]) -> dict:
+    from trace_inversion.scoring.style_report import format_report, style_report
 
     release = cfg.inverter_data.target_release
     stage = Stage(cfg, "build-inverter-data", rows, folder=out_name, summary=summary, templates=templates(cfg),
@@ -131,7 +132,7 @@ def add_parser(subparsers) -> None:
 
 def main(args) -> int:
     from trace_inversion.cli_options import claim, config_from, print_json
-    from trace_inversion.data import load_rows
+    from trace_inversion.data.loading import load_rows
 
     cfg = config_from(args, roles=("surrogate", "compressor"))
     claim(cfg.output.dir, args)

@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from trace_inversion.pipelines import STAGES
 from trace_inversion.config import ConfigError, RunConfig
-from trace_inversion.data import DataError, validate_rows
-from trace_inversion.io import split_path
+from trace_inversion.data.loading import DataError, validate_rows
+from trace_inversion.data.io import split_path
 from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, reorder, require_models,
                                              retry_stats, run_pipeline, step_kwargs, step_timings)
 from trace_inversion.pipelines.stage import Output, Stage
@@ -36,7 +37,7 @@ def load_inversion_rows(cfg: RunConfig) -> list[dict]:
     import polars as pl
 
     ic = cfg.invert
-    src = Path(ic.source) if ic.source else Path(cfg.output.dir) / "target_query"
+    src = Path(ic.source) if ic.source else Path(cfg.output.dir) / STAGES["query-target"]["folder"]
     if src.is_dir():
         try:
             src = split_path(src, "target")
@@ -95,7 +96,7 @@ def build_pipeline(cfg: RunConfig, rows: list[dict], prompts: dict | None = None
 
 def toy_step_share(rows: list[dict], trace_key: str) -> float | None:
     """Share of traces whose every step is right (toy world only)."""
-    from trace_inversion.toy_world import check_steps, parse_problem
+    from trace_inversion.toy.world import check_steps, parse_problem
 
     probs = [(parse_problem(r["problem"], r["id"]), r.get(trace_key)) for r in rows]
     if not probs or any(p is None for p, _ in probs):
@@ -106,13 +107,13 @@ def toy_step_share(rows: list[dict], trace_key: str) -> float | None:
 def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
     """Run the stage (``Stage``: reused when finished with the same inputs); returns its stats."""
     rows = rows if rows is not None else load_inversion_rows(cfg)
-    stage = Stage(cfg, "invert", rows, folder="inversion", label="invert", summary=summary, templates=templates(cfg))
+    stage = Stage(cfg, "invert", rows, folder=STAGES["invert"]["folder"], label="invert", summary=summary, templates=templates(cfg))
     return stage.run(lambda: invert_output(cfg, rows, stage.templates))
 
 
 def invert_output(cfg: RunConfig, rows: list[dict], prompts: dict) -> Output:
     """Run the pipeline on ``rows`` and sort its rows into the stage's configs."""
-    from trace_inversion.metrics import corpus_metrics, pair_metrics
+    from trace_inversion.scoring.metrics import corpus_metrics, pair_metrics
 
     ic = cfg.invert
     result = reorder(run_pipeline(build_pipeline(cfg, rows, prompts), cfg, "invert"), [r["id"] for r in rows])
@@ -201,7 +202,7 @@ def verification_counts(result: list[dict]) -> dict:
     """Per verifier: verdict counts and reason kinds (values blanked), for the chosen
     sample of every row (``final``) and over every attempt (``all_attempts``: what the
     verifiers rejected on the way)."""
-    from trace_inversion.verifiers import reason_kind
+    from trace_inversion.scoring.verifiers import reason_kind
 
     def add(out: dict, v: dict) -> None:
         d = out.setdefault(v["verifier"], {"pass": 0, "fail": 0, "cannot_verify": 0, "reasons": {}})

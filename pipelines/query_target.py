@@ -13,9 +13,10 @@ opened here before the pipeline starts. Output: parquet under
 
 from __future__ import annotations
 
+from trace_inversion.pipelines import STAGES
 from trace_inversion.config import RunConfig
 from trace_inversion.errors import UserError
-from trace_inversion.data import load_rows
+from trace_inversion.data.loading import load_rows
 from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, reorder, require_models,
                                              retry_stats, run_pipeline, step_kwargs, step_timings)
 from trace_inversion.pipelines.stage import Output, Stage
@@ -31,7 +32,7 @@ def open_budget(cfg: RunConfig) -> None:
     """Start the run's shared budget afresh (before any step runs): a budget counts the new
     spending of this run, shared by every process and replica."""
     if cfg.budget_usd is not None:
-        from trace_inversion.cache import BudgetLedger
+        from trace_inversion.models.cache import BudgetLedger
 
         ledger = BudgetLedger(cfg.resolved_cache_path.resolve(), budget_scope(cfg))
         try:
@@ -45,7 +46,7 @@ def open_budget(cfg: RunConfig) -> None:
 
 def check_credentials(cfg: RunConfig) -> None:
     """Every API model of the stage has its key, before any call is paid."""
-    from trace_inversion.clients import credential_problems
+    from trace_inversion.models.clients import credential_problems
     from trace_inversion.config import ConfigError
 
     problems = credential_problems(cfg.models.target, "target")
@@ -66,7 +67,7 @@ def build_pipeline(cfg: RunConfig, rows: list[dict], name: str = "query-target",
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
-    from trace_inversion.steps.target_query import QueryTarget, SummarizeTargetTraces
+    from trace_inversion.steps.query_target import QueryTarget, SummarizeTargetTraces
 
     summarize = cfg.query.summarize_traces_with == "compressor"
     prompts = templates(cfg) if prompts is None else prompts
@@ -114,7 +115,7 @@ def apply_summaries(cfg: RunConfig, result: list[dict]) -> None:
 def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str = "train") -> dict:
     """Run the stage (``Stage``: reused when finished with the same inputs); returns its stats."""
     rows = rows if rows is not None else load_rows(cfg.data, split)
-    stage = Stage(cfg, "query-target", rows, folder="target_query", label="query-target", summary=summary,
+    stage = Stage(cfg, "query-target", rows, folder=STAGES["query-target"]["folder"], label="query-target", summary=summary,
                   templates=templates(cfg))
 
     def produce() -> Output:
@@ -167,9 +168,9 @@ def run_batch_api(cfg: RunConfig, rows: list[dict]) -> dict:
     replays them from the cache; what the batch could not answer is requested directly.
     Batches still running after ``query.batch_wait_s`` stop the run with
     ``BatchPending``: the next run collects them."""
-    from trace_inversion.batch_api import BatchRequest, run_batch
-    from trace_inversion.cache import RequestCache
-    from trace_inversion.clients import (api_key_for, cost_of, max_cost, parse_chat_output, parse_responses_output,
+    from trace_inversion.models.batch_api import BatchRequest, run_batch
+    from trace_inversion.models.cache import RequestCache
+    from trace_inversion.models.clients import (api_key_for, cost_of, max_cost, parse_chat_output, parse_responses_output,
                                          request_client)
     from trace_inversion.config import ConfigError
     from trace_inversion.models import CachedModel, llm_from_config
@@ -231,7 +232,7 @@ def budget_stats(cfg: RunConfig) -> dict:
     """What the run's shared budget ledger recorded (every process and replica together)."""
     if cfg.budget_usd is None:
         return {}
-    from trace_inversion.cache import BudgetLedger
+    from trace_inversion.models.cache import BudgetLedger
 
     ledger = BudgetLedger(cfg.resolved_cache_path.resolve(), budget_scope(cfg))
     try:
@@ -252,7 +253,7 @@ def dry_run(cfg: RunConfig, rows: list[dict], sample: bool = False) -> dict:
     rows are queried first (through the cache and within budget_usd: the run replays
     them, nothing is paid twice) to measure the expected cost.
     """
-    from trace_inversion.cache import RequestCache
+    from trace_inversion.models.cache import RequestCache
 
     require_models(cfg, "target")
     t = cfg.models.target
@@ -267,9 +268,9 @@ def _dry_run(cfg: RunConfig, rows: list[dict], sample: bool, cache) -> dict:
     import asyncio
     import random
 
-    from trace_inversion.clients import Budget, cost_of, credential_problems, input_token_bound, make_client, max_cost
+    from trace_inversion.models.clients import Budget, cost_of, credential_problems, input_token_bound, make_client, max_cost
     from trace_inversion.config import ConfigError
-    from trace_inversion.toy_world import ToyWorld
+    from trace_inversion.toy.world import ToyWorld
 
     t = cfg.models.target
     client = make_client(t, cache, world=ToyWorld.from_config(cfg.data.toy), budget=Budget(cfg.budget_usd))

@@ -111,7 +111,7 @@ class Stage:
     def write(self, out: Output) -> dict:
         """Splits, ``stats.json``, the card and (when ``out.finished``) the finished mark."""
         from trace_inversion.hub_cards.card import write_stage_card
-        from trace_inversion.io import write_json, write_split
+        from trace_inversion.data.io import write_json, write_split
 
         for config, rows in out.splits.items():
             write_split(self.out_dir, config, rows, like=out.like.get(config))
@@ -139,7 +139,7 @@ def stage_fingerprint(cfg: RunConfig, stage: str, rows: list[dict], **extra) -> 
     import json
 
     from trace_inversion import __version__
-    from trace_inversion.cache import model_signature
+    from trace_inversion.models.cache import model_signature
 
     models = {}
     for role, m in cfg.models.__dict__.items():
@@ -178,7 +178,7 @@ def reuse_finished(out_dir: Path, fingerprint: str, cfg: RunConfig | None = None
 
 def mark_finished(out_dir: Path, fingerprint: str, stats: dict) -> None:
     """Record a finished stage (written last, atomically: a crash before it means rerun)."""
-    from trace_inversion.io import write_json
+    from trace_inversion.data.io import write_json
 
     out_dir = Path(out_dir)
     files = sorted(str(p.relative_to(out_dir)) for p in (out_dir / "data").rglob("*.parquet")

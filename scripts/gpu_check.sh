@@ -48,7 +48,7 @@ def tiny_model(work: Path) -> Path:
 
 
 def engine(work: Path, backend: str, model, cache: str, sampling: dict, **kw):
-    from trace_inversion.cache import RequestCache
+    from trace_inversion.models.cache import RequestCache
     from trace_inversion.config import ModelConfig
     from trace_inversion.engines import make_engine
 
@@ -73,7 +73,7 @@ def check_env(work: Path) -> None:
 
 
 def check_model(work: Path) -> None:
-    from trace_inversion.tiny_models import cached_tiny_lm
+    from trace_inversion.toy.tiny_models import cached_tiny_lm
 
     path = cached_tiny_lm(work / "models", num_layers=2)
     (work / "model.txt").write_text(str(path))
@@ -126,7 +126,7 @@ def check_vllm(work: Path) -> None:
     if not env["vllm"]:
         skip("vllm is not installed")
     if not env["cuda"]:
-        skip("no GPU (vLLM's CPU engine is covered by tests/test_vllm_server.py and the demo)")
+        skip("no GPU (vLLM's CPU engine is covered by tests/models/test_vllm_server.py and the demo)")
     sampling = dict(temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.05, max_new_tokens=64)
     t0 = time.time()
     e = engine(work, "vllm", tiny_model(work), "vllm.sqlite", sampling, max_model_len=512, dtype="bfloat16",
@@ -144,10 +144,10 @@ def check_vllm(work: Path) -> None:
 
 
 def check_train(work: Path, name: str) -> None:
-    from trace_inversion.io import write_split
+    from trace_inversion.data.io import write_split
     from trace_inversion.prompts import student_messages
-    from trace_inversion.toy_world import ToyWorld
-    from trace_inversion.training import run_sft
+    from trace_inversion.toy.world import ToyWorld
+    from trace_inversion.training.sft import run_sft
 
     env = info(work)
     gpu, n_gpu = env["cuda"], len(env["gpus"])

@@ -115,7 +115,7 @@ class ModelStep(Step):
         content failures. Each request replays the newest retry the cache holds; with
         ``retry_failed``, a content failure is requested again as the next retry
         number (a new cache key): exactly the failed rows are re-requested."""
-        from trace_inversion.clients import CallResult
+        from trace_inversion.models.clients import CallResult
         from trace_inversion.console import verbose, write_progress
 
         if self._bar is None and verbose():  # else the console draws one line per stage

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 def filter_output(output: Optional[str], finish_reason: Optional[str]) -> tuple[bool, str, Optional[str]]:
     """The filters before any verifier: (passed, reason, trace). Order: truncated,
     then (on the trace, ``</think>`` stripped) empty and degenerate repetition."""
-    from trace_inversion.filters import degeneracy_verdict, empty_verdict, truncation_verdict
+    from trace_inversion.scoring.filters import degeneracy_verdict, empty_verdict, truncation_verdict
     from trace_inversion.prompts import split_think
 
     ok, why = truncation_verdict(output, finish_reason)
@@ -39,7 +39,7 @@ def judge(output: Optional[str], finish_reason: Optional[str], given_answer: Opt
     rejecting filter gives the reason; consistency None means "cannot verify".
     ``target``: the target answer's ``(answer, method)`` when already extracted.
     """
-    from trace_inversion.answer_matching import consistency_verdict
+    from trace_inversion.scoring.answer_matching import consistency_verdict
 
     ok, why, trace = filter_output(output, finish_reason)
     if not ok:
@@ -53,7 +53,7 @@ class InvertTraces(ModelStep):
 
     **Verified synthesis** (the project's step beyond the paper): every sample is
     judged by the filters (empty, truncated, degenerate repetition), then by the
-    ``verifiers`` in order (``trace_inversion.verifiers``): ``answer`` consistency
+    ``verifiers`` in order (``trace_inversion.scoring.verifiers``): ``answer`` consistency
     (does the trace reach the target's answer?), then any step-level verifiers
     (``steps``: the toy world's exact checker; ``judge``: an LLM judge; ``prm``: a
     process reward model), which run on samples answer consistency did not reject.
@@ -72,7 +72,7 @@ class InvertTraces(ModelStep):
         max_attempts: rounds of sampling for a row before it is rejected.
         unverifiable: rows whose best sample cannot be verified: "keep" (status
             ``unverifiable``, their own config) or "reject" (status ``rejected``).
-        verifiers: names from ``trace_inversion.verifiers.VERIFIERS``, ``answer`` first.
+        verifiers: names from ``trace_inversion.scoring.verifiers.VERIFIERS``, ``answer`` first.
         judge_model: the ``judge`` verifier's ``ModelConfig`` as a dict.
         prm: the ``prm`` verifier's ``PRMVerifier`` arguments (model, threshold, ...).
         answer_column / summary_column: input column names.
@@ -138,7 +138,7 @@ class InvertTraces(ModelStep):
 
     def load(self) -> None:
         super().load()
-        from trace_inversion.verifiers import make_verifiers
+        from trace_inversion.scoring.verifiers import make_verifiers
 
         if not self.verifiers or self.verifiers[0] != "answer":
             raise ValueError(f"verifiers must start with answer, got {self.verifiers}; fix: e.g. [answer, steps]")
@@ -199,7 +199,7 @@ class InvertTraces(ModelStep):
     def _verify_round(self, atts: list[dict], rows: list[dict], targets: list[tuple]) -> None:
         """Answer consistency, then each step-level verifier, on the round's samples
         that passed the filters; sets each attempt's verification, verdict and reason."""
-        from trace_inversion.verifiers import Sample, combine
+        from trace_inversion.scoring.verifiers import Sample, combine
 
         live = [a for a in atts if a.pop("_passed")]
         for v in self._verifiers:
@@ -211,7 +211,7 @@ class InvertTraces(ModelStep):
             try:
                 verdicts = v.verify(samples)
             except Exception as e:  # noqa: BLE001 - a verifier that breaks cannot verify; the row is not lost
-                from trace_inversion.verifiers import Verdict
+                from trace_inversion.scoring.verifiers import Verdict
 
                 verdicts = [Verdict(v.name, None, f"cannot verify: verifier failed: {type(e).__name__}: {e}"[:300])
                             for _ in todo]
@@ -221,8 +221,8 @@ class InvertTraces(ModelStep):
             a["verdict"], a["reason"] = combine(a["verification"])
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
-        from trace_inversion.answer_matching import extract_final_answer
-        from trace_inversion.verifiers import Sample
+        from trace_inversion.scoring.answer_matching import extract_final_answer
+        from trace_inversion.scoring.verifiers import Sample
 
         k = self.samples_per_round
         targets = [extract_final_answer(r.get(self.answer_column)) if r.get(self.answer_column) else (None, "none")

@@ -30,7 +30,7 @@ def tiny_lm_dir() -> Path:
     import subprocess
     import sys
 
-    code = ("import sys; from trace_inversion.tiny_models import cached_tiny_lm; "
+    code = ("import sys; from trace_inversion.toy.tiny_models import cached_tiny_lm; "
             f"print(cached_tiny_lm({str(MODEL_CACHE)!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
     return Path(out.stdout.strip().splitlines()[-1])
@@ -39,7 +39,7 @@ def tiny_lm_dir() -> Path:
 @pytest.fixture
 def toy_server(tmp_path):
     """Factory: ``toy_server(latency=0.01, p429=0.1, ...)`` -> running ServerHandle."""
-    from trace_inversion.servers import start_toy_server
+    from trace_inversion.local_services.servers import start_toy_server
 
     handles = []
 
@@ -56,7 +56,7 @@ def toy_server(tmp_path):
 @pytest.fixture(scope="session")
 def vllm_server(tiny_lm_dir, tmp_path_factory):
     """A real vLLM CPU OpenAI-compatible server on the tiny model (one per session)."""
-    from trace_inversion.servers import start_vllm_server
+    from trace_inversion.local_services.servers import start_vllm_server
 
     h = start_vllm_server(tiny_lm_dir, tmp_path_factory.mktemp("vllm"), served_name="tiny")
     yield h
@@ -69,7 +69,7 @@ HUB_TEST_TOKEN = "hf_contract_" + "ab12" * 6  # a test value the local Hub serve
 @pytest.fixture
 def hub_server(tmp_path):
     """The local Hub contract server (in memory), stopped by pid."""
-    from trace_inversion.servers import start_hub_server
+    from trace_inversion.local_services.servers import start_hub_server
 
     h = start_hub_server(tmp_path / "logs", token=HUB_TEST_TOKEN)
     yield h
@@ -79,7 +79,7 @@ def hub_server(tmp_path):
 @pytest.fixture(scope="session")
 def argilla_stack(tmp_path_factory):
     """A real Argilla 2.x stack: redis + osmem search + argilla-server + worker."""
-    from trace_inversion.argilla_stack import start_argilla_stack
+    from trace_inversion.local_services.argilla_stack import start_argilla_stack
 
     st = start_argilla_stack(tmp_path_factory.mktemp("argilla"))
     yield st
@@ -95,7 +95,7 @@ def ray_cluster(tmp_path_factory):
     import sys
     import time
 
-    from trace_inversion.servers import free_port
+    from trace_inversion.local_services.servers import free_port
 
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit

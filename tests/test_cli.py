@@ -7,7 +7,7 @@ import sys
 import polars as pl
 import pytest
 
-from trace_inversion.io import split_path
+from trace_inversion.data.io import split_path
 import yaml
 
 PIPELINES = ["demo", "query-target"]

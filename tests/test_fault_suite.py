@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 import yaml
 
-from trace_inversion.io import split_path
+from trace_inversion.data.io import split_path
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from trace_inversion.io import split_path
+from trace_inversion.data.io import split_path
 import yaml
 
 N = 240

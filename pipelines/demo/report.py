@@ -8,8 +8,8 @@ import json
 import statistics
 from pathlib import Path
 
-from trace_inversion.io import read_split
-from trace_inversion.pipelines.students import DEFAULT_CONDITIONS
+from trace_inversion.data.io import read_split
+from trace_inversion.pipelines.student_data import DEFAULT_CONDITIONS
 
 LABELS = {"answer_only": "answer only", "summary_answer": "summary + answer", "surrogate_traces": "surrogate traces",
           "inverted_unfiltered": "inverted (unfiltered)", "inverted_verified": "inverted (verified)",

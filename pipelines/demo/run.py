@@ -12,19 +12,20 @@ from functools import partial
 from pathlib import Path
 from typing import Optional
 
+from trace_inversion.pipelines import STAGES
 from trace_inversion.config import deep_merge, load_config
-from trace_inversion.data import load_rows
+from trace_inversion.data.loading import load_rows
 from trace_inversion.hub_cards.publish import publish_local
-from trace_inversion.io import write_json
+from trace_inversion.data.io import write_json
 from trace_inversion.pipelines.build_inverter_data import run_build_inverter_data
 from trace_inversion.pipelines.demo.report import LABELS, plot, render_report, same_data
 from trace_inversion.pipelines.demo.scheduler import TrainQueue
 from trace_inversion.pipelines.invert import run_invert
 from trace_inversion.pipelines.query_target import run_query_target
-from trace_inversion.pipelines.students import DEFAULT_CONDITIONS, SURROGATE_STAGE, run_student_data
-from trace_inversion.safe_paths import claim_dir
-from trace_inversion.toy_world import REFERENCE_COLUMN
-from trace_inversion.training import TRAIN_THREADS_ENV, BackgroundRun, start_sft
+from trace_inversion.pipelines.student_data import DEFAULT_CONDITIONS, SURROGATE_STAGE, run_student_data
+from trace_inversion.config.safe_paths import claim_dir
+from trace_inversion.toy.world import REFERENCE_COLUMN
+from trace_inversion.training.sft import TRAIN_THREADS_ENV, BackgroundRun, start_sft
 
 # Tiny-world training sizes, calibrated on 2 cores (see benchmarks/demo_calibration.md).
 DEMO = {"n_train": 3000, "n_test": 300, "n_ops": 5, "inverter_steps": 1000, "student_steps": 500,
@@ -37,7 +38,7 @@ def _log(msg: str) -> None:
 
 
 def tiny_base_model(root: Path, seed: int, layers: int) -> Path:
-    from trace_inversion.tiny_models import cached_tiny_lm, default_corpus
+    from trace_inversion.toy.tiny_models import cached_tiny_lm, default_corpus
 
     return cached_tiny_lm(root, corpus=default_corpus(seed=0), num_layers=layers, seed=seed)
 
@@ -80,7 +81,7 @@ class SeedJobs:
     def start_inverter(self) -> BackgroundRun:
         _log(f"seed {self.seed}: train the tiny inverter ({self.size['inverter_steps']} steps, trl sft)")
         return start_sft("tiny/inverter.yaml", {
-            "model_name_or_path": self.base_model, "dataset_name": str(self.out / "inverter_data"),
+            "model_name_or_path": self.base_model, "dataset_name": str(self.out / STAGES["build-inverter-data"]["folder"]),
             "dataset_config": "with_summary", "output_dir": str(self.out / "models" / "inverter"),
             "max_steps": self.size["inverter_steps"], "seed": self.seed},
             self.out / "models" / "inverter.run", env=self.env)
@@ -151,18 +152,19 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
         # The inverter (the longest job) starts as soon as its data exists; the target
         # query and the students that need no inversion run beside it.
         _log(f"seed {seed}: surrogate traces + simulated summaries -> inverter data ({len(attacker)} attacker problems)")
-        _timed(timings, "inverter_data", run_build_inverter_data, cfg, attacker, "inverter_data")
+        _timed(timings, "inverter_data", run_build_inverter_data, cfg, attacker,
+               STAGES["build-inverter-data"]["folder"])
         queue.add("train_inverter", jobs.start_inverter)
         _log(f"seed {seed}: query the target ({len(train)} problems)")
         q = _timed(timings, "query_target", run_query_target, cfg, train)
         _timed(timings, SURROGATE_STAGE, run_build_inverter_data, cfg, train, SURROGATE_STAGE)
-        sd = _timed(timings, "student_data", run_student_data, cfg, out / "target_query", out / SURROGATE_STAGE,
-                    None, base_conds, "student_data")
+        sd = _timed(timings, "student_data", run_student_data, cfg, out / STAGES["query-target"]["folder"], out / SURROGATE_STAGE,
+                    None, base_conds, STAGES["student-data"]["folder"])
         counts.update(sd["conditions"])
         for c in base_conds:
             if counts.get(c):
                 trained[c] = c
-                jobs.train_student(c, "student_data")
+                jobs.train_student(c, STAGES["student-data"]["folder"])
         queue.wait("train_inverter")
         cfg = load_config(config_path, over)
         _log(f"seed {seed}: invert with verified synthesis ({inverter_backend})")
@@ -172,7 +174,7 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
             inv = _timed(timings, "invert", run_invert, cfg)
         queue.pump()
         releases = {}
-        for stage in ("target_query", "inversion"):
+        for stage in (STAGES["query-target"]["folder"], STAGES["invert"]["folder"]):
             repo = base / "releases" / f"{stage}-seed{seed}"
             # identical content (a resumed run) returns the existing release instead of a new tag
             releases[stage] = publish_local(out / stage, repo, message=f"demo seed {seed}: {stage}")

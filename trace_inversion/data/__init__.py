@@ -1,0 +1,1 @@
+"""Problem data: loading and validating rows (``loading``), dataset folders and parquet (``io``)."""

@@ -1,0 +1,1 @@
+"""Scoring: answer matching, trace filters, verifiers, overlap metrics and the style report."""

@@ -1,0 +1,1 @@
+"""The toy world (``world``: problems, target, surrogate, compressor, inverter) and tiny offline models."""

@@ -1,0 +1,1 @@
+"""Training students and inverters (``sft``: TRL recipes) and evaluating them (``evaluation``)."""
