@@ -1,7 +1,11 @@
 """P2: inversion pipeline throughput vs raw vLLM on the same prompts.
 
-Baseline, measured in the same run: ``vllm.LLM.chat`` on the inverter prompts of N
-toy targets with the pipeline's sampling parameters (engine start timed separately).
+Baseline, measured in the same run and the same engine mode: ``vllm.LLM.chat`` on the
+inverter prompts of N toy targets with the pipeline's sampling parameters and engine
+settings, and the engine in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), as the
+pipeline's ``VLLM`` runs it inside its distilabel step (engine start timed separately).
+An earlier baseline ran vLLM's multiprocess engine, 1.37x faster than in-process on 2
+cores, and so hid ~30% of the pipeline's overhead.
 Pipeline: ``run_invert`` (distilabel pipeline, request cache, filters, answer
 consistency, parquet and card) with one sample per row and no resampling, on a fresh
 cache. Ratios of generated tokens per second, with the one-time engine start taken
@@ -46,6 +50,9 @@ def main() -> None:
     rows = load_inversion_rows(cfg)
     convs = [inverter_messages(r["problem"], r["target_answer"], r["target_summary"]) for r in rows]
 
+    # the pipeline's engine mode (models/vllm.py): in-process, the same KV cache space
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM, SamplingParams
 
     t = time.perf_counter()
@@ -75,6 +82,8 @@ def main() -> None:
     load_s = tm["engine_load_seconds"]
     out = {
         "benchmark": "inversion", "rows": len(rows), "max_new_tokens": a.max_new_tokens,
+        "baseline": "raw vllm.LLM.chat on the same prompts, sampling and engine settings, engine in-process "
+                    "(VLLM_ENABLE_V1_MULTIPROCESSING=0) as in the pipeline's step, measured in this run",
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, vLLM CPU",
         "raw_tokens": raw_tokens, "raw_seconds": round(raw_s, 2), "raw_tokens_per_s": round(raw_tps, 1),
         "raw_engine_start_seconds": round(start_s, 2),

@@ -52,7 +52,7 @@ def main() -> None:
         calls_rerun = srv.stats()["total"] - calls_first
     ratio = rerun / first
     print(json.dumps({
-        "benchmark": "resume", "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "benchmark": "resume", "baseline": "the first run's wall time, measured in this run", "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
         "rows": args.rows, "latency_s": args.latency, "concurrency": args.concurrency,
         "first_run_s": round(first, 2), "rerun_s": round(rerun, 2), "rerun_over_first": round(ratio, 4),
         "model_calls_first": calls_first, "model_calls_rerun": calls_rerun,

@@ -77,7 +77,8 @@ def main() -> None:
 
     problems = [p.text for p in ToyWorld(seed=0).problems(a.rows)]
     ideal = a.concurrency / a.latency
-    out = {"benchmark": "target_query", "rows": a.rows, "concurrency": a.concurrency, "latency_s": a.latency,
+    out = {"benchmark": "target_query", "baseline": "ideal = concurrency / latency; raw = a bare aiohttp client at the "
+           "same concurrency, measured in this run", "rows": a.rows, "concurrency": a.concurrency, "latency_s": a.latency,
            "ideal_rows_per_s": ideal, "machine": f"{platform.machine()} {platform.processor() or ''} "
                                                  f"{__import__('os').cpu_count()} cores, Python {platform.python_version()}"}
     with tempfile.TemporaryDirectory() as d:

@@ -5,7 +5,8 @@ A card is a README.md whose YAML header carries ``configs:`` (so
 ``datasets.load_dataset(folder)`` finds every config and split) and ``dataset_info:``
 (features, row and byte counts per split), and whose body records provenance: the
 models and their settings, the prompts and templates the stage used (text, source and
-sha256), row counts, filter verdicts per reason, trace overlap, token usage and cost,
+sha256), row counts, filter verdicts per reason, trace overlap, the lengths of every
+generation (cap-hit rate, median and p90, with their unit), token usage and cost,
 the summary-style report, the project version, the run config with secrets scrubbed and
 a responsible-use section.
 
@@ -157,6 +158,35 @@ def _overlap(stats: dict) -> list[dict]:
             for k in ("overlap_kept", "overlap_unfiltered") for m, v in (stats.get(k) or {}).items()]
 
 
+def _num(v: Any) -> str:
+    if v is None:
+        return "—"
+    return f"{v:g}" if isinstance(v, (int, float)) else md_cell(v)
+
+
+def _lengths(stats: dict) -> list[dict]:
+    """One row per measured generation of ``stats["lengths"]`` (``scoring.lengths``)."""
+    rows = []
+    for name, st in (stats.get("lengths") or {}).items():
+        rate = st.get("cap_hit_rate")
+        rows.append({"name": md_cell(name.replace("_", " ")), "of": md_cell(st.get("of") or ""), "n": st.get("n", 0),
+                     "unit": md_cell(st.get("unit") or ""), "median": _num(st.get("median")),
+                     "p90": _num(st.get("p90")), "cap": _num(st.get("cap")),
+                     "cap_hits": "—" if rate is None else f"{st.get('cap_hits', 0)} ({rate:.1%})"})
+    return rows
+
+
+def _length_ratios(stats: dict) -> tuple[str, list[dict]]:
+    """The reference and one row per set of inverted traces of ``stats["length_ratio"]``."""
+    lr = stats.get("length_ratio") or {}
+    if not lr.get("reference"):
+        return "", []
+    rows = [{"name": md_cell(k.replace("_", " ")), "n": lr[k].get("n"), "median": _num(lr[k].get("median_ratio")),
+             "p90": _num(lr[k].get("p90_ratio")), "of_medians": _num(lr[k].get("ratio_of_medians"))}
+            for k in ("first_draws", "kept") if isinstance(lr.get(k), dict)]
+    return f"{md_cell(lr['reference'])}, lengths in {md_cell(lr.get('unit') or '')}", rows
+
+
 def _usage(stats: dict) -> list[dict]:
     keys = [("input_tokens", "input tokens"), ("output_tokens", "output tokens (incl. reasoning)"),
             ("reasoning_tokens", "reasoning tokens"), ("cost_usd", "cost of the data (USD)"),
@@ -175,6 +205,7 @@ def render_card(folder: Path, ctx: dict) -> str:
                            tags=["trace-inversion", ctx["stage"], "synthetic", "reasoning"],
                            task_categories=["text-generation"])
     stats, cfg = ctx["stats"], ctx["config"]
+    length_reference, length_ratios = _length_ratios(stats)
     card = DatasetCard.from_template(
         data, template_path=str(TEMPLATE),
         title=md_cell(ctx["title"]),
@@ -183,6 +214,7 @@ def render_card(folder: Path, ctx: dict) -> str:
         models=_models_rows(cfg), prompts=_prompts(ctx),
         counts=[{"name": md_cell(k), "rows": v} for k, v in ctx["counts"].items()],
         verdicts=_verdicts(stats), overlap=_overlap(stats), usage=_usage(stats),
+        lengths=_lengths(stats), length_ratios=length_ratios, length_reference=length_reference,
         sections=[{"name": md_cell(n), "body": b} for n, b in ctx.get("sections", {}).items()],
         stats_block=fenced(json.dumps(stats, indent=2, sort_keys=True, default=str), "json"),
         config_block=fenced(yaml.safe_dump(cfg, sort_keys=False).rstrip(), "yaml"),

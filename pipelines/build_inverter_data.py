@@ -10,7 +10,9 @@ and by ``trl sft --dataset_name``):
   format (the assistant turn, the trace, is the only part with loss);
 - ``traces``: id, problem, surrogate trace/answer, summary (for students);
 - ``failures``: rows dropped, with the reason (truncated generation, no summary...);
-- ``stats.json`` and the card: counts, failure reasons, the summary style report.
+- ``stats.json`` and the card: counts, failure reasons, the summary style report, and
+  the lengths of the surrogate's and the compressor's generations (``lengths``: cap-hit
+  rate, median and p90, in each model's own tokens where known, else word tokens).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from trace_inversion.pipelines import STAGES
 from trace_inversion.config import RunConfig
 from trace_inversion.data.io import read_split, split_path
 from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, reorder, require_models,
-                                             retry_stats, run_pipeline, step_kwargs)
+                                             generation_lengths, retry_stats, run_pipeline, step_kwargs,
+                                             surrogate_lengths)
 from trace_inversion.pipelines.stage import Output, Stage
 from trace_inversion.prompts import stage_templates
 
 TRACE_COLUMNS = ["id", "problem", "surrogate_trace", "surrogate_answer", "summary"]
+FINISH_COLUMNS = ["surrogate_finish_reason", "surrogate_output_tokens", "summary_finish_reason"]
 
 
 def templates(cfg: RunConfig) -> dict:
@@ -84,7 +88,7 @@ def run_build_inverter_data(cfg: RunConfig, rows: list[dict], out_name: str = ST
 
         def failure_row(r):
             return {"id": r["id"], "problem": r["problem"], "surrogate_output": r.get("surrogate_output"),
-                    "failure": r["failure"]}
+                    "failure": r["failure"], "surrogate_finish_reason": r.get("surrogate_finish_reason")}
 
         reports = {"compressor": style_report([r["summary"] for r in ok], [r["surrogate_trace"] for r in ok])}
         real = target_summaries(release)
@@ -96,12 +100,15 @@ def run_build_inverter_data(cfg: RunConfig, rows: list[dict], out_name: str = ST
             "summary_style": cfg.inverter_data.summary_style if not cfg.inverter_data.prompt_file else "file",
             "summary_prompt_sha": ok[0]["summary_prompt_sha"] if ok else None,
             "style_report": reports, **retry_stats(cfg, "surrogate", "compressor"),
+            "lengths": dict(surrogate_lengths(cfg, result), compressor=generation_lengths(
+                cfg, "compressor", [r.get("summary") for r in result], [r.get("summary_finish_reason") for r in result],
+                "summary")),
         }
         return Output(
             splits={"with_summary": [{"id": r["id"], "messages": r["messages_with_summary"]} for r in ok],
                     "without_summary": [{"id": r["id"], "messages": r["messages_without_summary"]} for r in ok],
-                    "traces": [{k: r.get(k) for k in TRACE_COLUMNS + ["summary_style", "summary_prompt_sha"]}
-                               for r in ok],
+                    "traces": [{k: r.get(k) for k in TRACE_COLUMNS + ["summary_style", "summary_prompt_sha"]
+                                + FINISH_COLUMNS} for r in ok],
                     "failures": [failure_row(r) for r in failed]},
             like={"failures": [dict(failure_row(r), failure="") for r in ok[:1]]},
             stats=stats, sections={"Summary style report": format_report(reports)},

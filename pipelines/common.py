@@ -123,6 +123,36 @@ def count_reasons(rows: Iterable[dict], col: str) -> dict[str, int]:
     return out
 
 
+def generation_lengths(cfg: RunConfig, role: str, texts: list, finish_reasons: list | None, of: str,
+                       think: bool = False, output_tokens: list | None = None) -> dict:
+    """Length and cap statistics (``scoring.lengths.length_stats``) of the generations of
+    the model of ``role``, in its own tokens where its tokenizer loads offline, else in
+    word tokens (the ``unit`` says which); ``of`` says what text was measured.
+    ``finish_reasons`` None: a part of the generations (e.g. traces), no cap statistics;
+    ``output_tokens``: the backend's counts of generated tokens (``length_stats``)."""
+    from trace_inversion.scoring.lengths import counter_for_model, length_stats, summarize_lengths
+
+    m = getattr(cfg.models, role)
+    counter = counter_for_model(m)
+    if finish_reasons is None:
+        lengths = [None if t is None else counter.count(t) for t in texts]
+        return dict(summarize_lengths(lengths, [None] * len(lengths), counter.unit), of=of)
+    cap = m.sampling.max_new_tokens if m is not None else None
+    return dict(length_stats(texts, finish_reasons, counter, cap=cap, think=think, output_tokens=output_tokens), of=of)
+
+
+def surrogate_lengths(cfg: RunConfig, rows: list[dict]) -> dict:
+    """The surrogate's lengths: whole outputs (what the cap limits; a reasoning model's
+    output without ``</think>`` was cut) and the traces of complete ones."""
+    ok = [r for r in rows if r.get("surrogate_trace")]
+    return {"surrogate": generation_lengths(cfg, "surrogate", [r.get("surrogate_output") for r in rows],
+                                            [r.get("surrogate_finish_reason") for r in rows],
+                                            "whole output (trace + answer)", think=True,
+                                            output_tokens=[r.get("surrogate_output_tokens") for r in rows]),
+            "surrogate_traces": generation_lengths(cfg, "surrogate", [r["surrogate_trace"] for r in ok], None,
+                                                   "trace (inside <think>) of complete outputs")}
+
+
 def distilabel_cache(cfg: RunConfig) -> str:
     return str(Path(cfg.output.dir) / ".distilabel")
 

@@ -15,7 +15,14 @@ problem / answer / summary columns). Output folder ``<output.dir>/inversion``:
 - ``stats.json`` and the card: counts per status, reason and verifier, how the
   target's answers were found, resampling rounds, overlap metrics (kept and
   unfiltered) when ground-truth traces exist, and in the toy world the share of traces
-  whose every step is right (what answer checking cannot see).
+  whose every step is right (what answer checking cannot see);
+- ``lengths`` in ``stats.json`` and the card: cap-hit rate, median and p90 length of the
+  first draws, of every draw and of the kept traces (the inverter's own tokens where its
+  tokenizer loads offline, else word tokens), and ``length_ratio``: inverted vs true
+  trace length, or vs the surrogate's traces (``inverter_data``) without true traces.
+
+The optional length filter (``invert.max_length_ratio``) rejects traces longer than
+that multiple of the row's true trace (else of the median surrogate trace).
 """
 
 from __future__ import annotations
@@ -63,7 +70,37 @@ def templates(cfg: RunConfig) -> dict:
     return stage_templates(cfg, "inverter_user", "inverter_system", "judge")
 
 
-def build_pipeline(cfg: RunConfig, rows: list[dict], prompts: dict | None = None):
+def surrogate_traces(cfg: RunConfig) -> list[str] | None:
+    """The surrogate's traces from this run's ``inverter_data`` (the reference lengths
+    of inverted traces when there are no true traces), or None when there are none."""
+    from trace_inversion.data.io import read_split
+
+    folder = Path(cfg.output.dir) / STAGES["build-inverter-data"]["folder"]
+    try:
+        traces = [r["surrogate_trace"] for r in read_split(folder, "traces") if r.get("surrogate_trace")]
+    except (FileNotFoundError, KeyError, OSError):
+        return None
+    return traces or None
+
+
+def length_reference(cfg: RunConfig, rows: list[dict]) -> float | None:
+    """The length filter's reference for rows without a true trace: the median length
+    of the surrogate's traces in the inverter's unit (None: filter off, or not needed)."""
+    from trace_inversion.scoring.lengths import counter_for_model, quantile
+
+    ic = cfg.invert
+    gt = ic.ground_truth_column
+    if ic.max_length_ratio is None or all(gt and r.get(gt) for r in rows):
+        return None
+    traces = surrogate_traces(cfg)
+    if not traces:
+        return None
+    counter = counter_for_model(cfg.models.inverter)
+    return quantile([counter.count(t) for t in traces], 0.5)
+
+
+def build_pipeline(cfg: RunConfig, rows: list[dict], prompts: dict | None = None,
+                   reference_length: float | None = None):
     from distilabel.pipeline import Pipeline
     from distilabel.steps import LoadDataFromDicts
 
@@ -80,7 +117,7 @@ def build_pipeline(cfg: RunConfig, rows: list[dict], prompts: dict | None = None
     if "prm" in ic.verifiers:
         prm = {"model": ic.prm_model, "threshold": ic.prm_threshold, "step_token": ic.prm_step_token,
                "max_length": ic.prm_max_length, "batch_size": ic.prm_batch_size,
-               "trust_remote_code": ic.prm_trust_remote_code}
+               "trust_remote_code": ic.prm_trust_remote_code, "engine": ic.prm_engine}
     judge = cfg.models.judge.model_dump(mode="json") if "judge" in ic.verifiers else None
     with Pipeline(name=f"invert-{cfg.name}", cache_dir=distilabel_cache(cfg)) as pipeline:
         load = LoadDataFromDicts(name="load_targets", data=rows, batch_size=256)
@@ -89,6 +126,8 @@ def build_pipeline(cfg: RunConfig, rows: list[dict], prompts: dict | None = None
                               verifiers=list(ic.verifiers), judge_model=judge, prm=prm,
                               answer_column=ic.answer_column, summary_column=ic.summary_column, base_seed=cfg.seed,
                               user_template=prompts["inverter_user"].text, system_prompt=system.text if system else None,
+                              max_length_ratio=ic.max_length_ratio, reference_column=ic.ground_truth_column,
+                              reference_length=reference_length,
                               max_model_len=ic.max_model_len, **step_kwargs(cfg, "inverter", len(rows)))
         load >> invert
     return pipeline
@@ -107,16 +146,20 @@ def toy_step_share(rows: list[dict], trace_key: str) -> float | None:
 def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
     """Run the stage (``Stage``: reused when finished with the same inputs); returns its stats."""
     rows = rows if rows is not None else load_inversion_rows(cfg)
-    stage = Stage(cfg, "invert", rows, folder=STAGES["invert"]["folder"], label="invert", summary=summary, templates=templates(cfg))
-    return stage.run(lambda: invert_output(cfg, rows, stage.templates))
+    ref = length_reference(cfg, rows)
+    # the length filter's surrogate reference changes the output: part of the fingerprint (only when used)
+    stage = Stage(cfg, "invert", rows, folder=STAGES["invert"]["folder"], label="invert", summary=summary,
+                  templates=templates(cfg), inputs={"length_reference": ref} if ref is not None else None)
+    return stage.run(lambda: invert_output(cfg, rows, stage.templates, ref))
 
 
-def invert_output(cfg: RunConfig, rows: list[dict], prompts: dict) -> Output:
+def invert_output(cfg: RunConfig, rows: list[dict], prompts: dict, reference_length: float | None = None) -> Output:
     """Run the pipeline on ``rows`` and sort its rows into the stage's configs."""
     from trace_inversion.scoring.metrics import corpus_metrics, pair_metrics
 
     ic = cfg.invert
-    result = reorder(run_pipeline(build_pipeline(cfg, rows, prompts), cfg, "invert"), [r["id"] for r in rows])
+    result = reorder(run_pipeline(build_pipeline(cfg, rows, prompts, reference_length), cfg, "invert"),
+                     [r["id"] for r in rows])
     crashed_rows(result, "inverter_model", "inversion_reason")
     gt = ic.ground_truth_column
     has_gt = bool(gt) and any(r.get(gt) for r in result)
@@ -125,8 +168,8 @@ def invert_output(cfg: RunConfig, rows: list[dict], prompts: dict) -> Output:
         r["inversion_status"] = r.get("inversion_status") or ("verified" if r["inversion_accepted"] else "rejected")
         r["n_attempts"] = len(r.get("inversion_attempts") or [])
         r["inversion_attempts"] = json.dumps(r.get("inversion_attempts") or [])
-        if has_gt and r.get(gt):
-            for k, v in pair_metrics(r.get("inverted_trace") or "", r[gt]).items():
+        if has_gt:  # an empty true trace scores 0, as in the paper's code
+            for k, v in pair_metrics(r.get("inverted_trace") or "", r.get(gt)).items():
                 r[f"overlap_{k}"] = v
     kept = [r for r in result if r["inversion_status"] == "verified"]
     unverifiable = [r for r in result if r["inversion_status"] == "unverifiable"]
@@ -160,13 +203,13 @@ def invert_output(cfg: RunConfig, rows: list[dict], prompts: dict) -> Output:
         "verification": verification_counts(result),
         "attempts_of_kept_rows": rounds,
         "with_summary": ic.with_summary, "max_attempts": ic.max_attempts, "unverifiable_policy": ic.unverifiable,
+        "max_length_ratio": ic.max_length_ratio,
     }
-    if has_gt:
-        with_gt = [r for r in result if r.get(gt)]
-        stats["overlap_kept"] = corpus_metrics([r["inverted_trace"] for r in kept if r.get(gt)],
-                                               [r[gt] for r in kept if r.get(gt)])[1]
-        stats["overlap_unfiltered"] = corpus_metrics([r.get("first_trace") for r in with_gt],
-                                                     [r[gt] for r in with_gt])[1]
+    stats.update(inversion_lengths(cfg, result, kept, gt if has_gt else None))
+    if has_gt:  # every row, an empty true trace scoring 0 (as in the paper's code)
+        stats["overlap_kept"] = corpus_metrics([r["inverted_trace"] for r in kept], [r.get(gt) for r in kept])[1]
+        stats["overlap_unfiltered"] = corpus_metrics([r.get("first_trace") for r in result],
+                                                     [r.get(gt) for r in result])[1]
     stats["inverter_timings"] = step_timings(cfg, "invert")
     stats.update(retry_stats(cfg, "invert"))
     steps_kept = toy_step_share(kept, "inverted_trace")
@@ -180,6 +223,50 @@ def invert_output(cfg: RunConfig, rows: list[dict], prompts: dict) -> Output:
         stats=stats, sections={"Verification": verification_section(stats)},
         # a crashed batch is retried by the next run
         finished=not any((r.get("inversion_reason") or "").startswith("internal error") for r in rejected))
+
+
+def inversion_lengths(cfg: RunConfig, result: list[dict], kept: list[dict], gt: str | None) -> dict:
+    """``lengths`` (per draw: the first draw of each row, every draw, the kept traces;
+    ``reference``: the traces they are compared with) and ``length_ratio`` (inverted vs
+    true traces row by row, else vs the surrogate's traces of ``inverter_data`` as a
+    ratio of medians), all in the inverter's unit (``scoring.lengths``)."""
+    from trace_inversion.scoring.lengths import counter_for_model, length_ratios, summarize_lengths
+
+    m = cfg.models.inverter
+    counter = counter_for_model(m)
+    unit = next((r["length_unit"] for r in result if r.get("length_unit")), counter.unit)
+    cap = m.sampling.max_new_tokens if m is not None else None
+    atts = [json.loads(r.get("inversion_attempts") or "[]") for r in result]
+    firsts = [a[0] for a in atts if a]
+    every = [x for a in atts for x in a]
+
+    def draws(xs: list[dict], of: str) -> dict:
+        return dict(summarize_lengths([x.get("length") for x in xs], [x.get("cap_hit") for x in xs], unit, cap), of=of)
+
+    kept_lengths = [counter.count(r["inverted_trace"]) if r.get("inverted_trace") is not None else None for r in kept]
+    lengths = {"inverter_first_draws": draws(firsts, "first draw of each row (whole output)"),
+               "inverter_all_draws": draws(every, "every draw, resamples included (whole output)"),
+               # the kept traces passed the truncation filter: no cap statistics
+               "inverter_kept": dict(summarize_lengths(kept_lengths, [None] * len(kept), unit),
+                                     of="kept (verified) traces")}
+    first_lengths = [a[0].get("length") if a else None for a in atts]
+    if gt is not None:
+        refs = [counter.count(r[gt]) if r.get(gt) else None for r in result]
+        ref_of = f"true traces (column {gt})"
+        by_id = dict(zip((r["id"] for r in result), refs))
+        ratio = {"first_draws": length_ratios(first_lengths, refs),
+                 "kept": length_ratios(kept_lengths, [by_id.get(r["id"]) for r in kept])}
+    else:
+        traces = surrogate_traces(cfg)
+        if not traces:
+            return {"lengths": lengths, "length_ratio": {"reference": None, "unit": unit,
+                                                         "why": "no true traces and no surrogate traces"}}
+        refs = [counter.count(t) for t in traces]
+        ref_of = "surrogate traces (inverter_data, other problems: a ratio of medians)"
+        ratio = {"first_draws": length_ratios(first_lengths, refs, paired=False),
+                 "kept": length_ratios(kept_lengths, refs, paired=False)}
+    lengths["reference"] = dict(summarize_lengths(refs, [None] * len(refs), unit), of=ref_of)
+    return {"lengths": lengths, "length_ratio": dict(ratio, reference=ref_of, unit=unit)}
 
 
 def summary(stats: dict) -> str:

@@ -120,9 +120,9 @@ def run_query_target(cfg: RunConfig, rows: list[dict] | None = None, split: str 
 
     def produce() -> Output:
         check_credentials(cfg)
+        open_budget(cfg)  # before the batch: its cost is part of the run's one budget
         batch = run_batch_api(cfg, rows) if cfg.query.batch_api else None
         pipeline = build_pipeline(cfg, rows, prompts=stage.templates)
-        open_budget(cfg)
         result = reorder(run_pipeline(pipeline, cfg, stage.label), [r["id"] for r in rows])
         crashed_rows(result, "query_attempts", "query_error")
         if cfg.query.summarize_traces_with == "compressor":
@@ -169,7 +169,7 @@ def run_batch_api(cfg: RunConfig, rows: list[dict]) -> dict:
     Batches still running after ``query.batch_wait_s`` stop the run with
     ``BatchPending``: the next run collects them."""
     from trace_inversion.models.batch_api import BatchRequest, run_batch
-    from trace_inversion.models.cache import RequestCache
+    from trace_inversion.models.cache import BudgetLedger, RequestCache, to_nusd
     from trace_inversion.models.clients import (api_key_for, cost_of, max_cost, parse_chat_output, parse_responses_output,
                                          request_client)
     from trace_inversion.config import ConfigError
@@ -185,13 +185,19 @@ def run_batch_api(cfg: RunConfig, rows: list[dict]) -> dict:
         direct = CachedModel(llm_from_config(t), cache)  # the keys and cache payloads of the direct path
         raw = request_client(t)  # the bodies it would send
         todo = [m for m in convs if direct.key(m) not in cache]
+        ledger, reserved = None, 0
         if cfg.budget_usd is not None and todo:
+            # a batch is paid as a whole: its worst case is reserved in the run's ledger before
+            # it is submitted, and what it cost is settled there (direct requests see the rest)
             worst = sum(max_cost(t, m) or 0.0 for m in todo) * 0.5
-            if worst > cfg.budget_usd:
-                raise ConfigError([f"query.batch_api: the batch's worst case (${worst:.4f} for {len(todo):,} requests "
-                                   f"at half price) exceeds budget_usd (${cfg.budget_usd}): a batch is paid as a "
-                                   "whole once submitted; fix: raise budget_usd, lower sampling.max_new_tokens, or "
-                                   "query fewer rows (data.subset)"])
+            ledger = BudgetLedger(cfg.resolved_cache_path.resolve(), budget_scope(cfg))
+            reserved = to_nusd(worst, up=True)
+            if ledger.try_reserve(reserved) != "ok":
+                ledger.close()
+                raise ConfigError([f"query.batch_api: the batch's worst case (${worst:.4f} for {len(todo):,} "
+                                   f"requests at half price) does not fit budget_usd (${cfg.budget_usd}): a batch "
+                                   "is paid as a whole once submitted; fix: raise budget_usd, lower sampling."
+                                   "max_new_tokens, or query fewer rows (data.subset)"])
         reqs = [BatchRequest(key=direct.key(m), body={"model": t.model, **raw.body(m)}, key_payload=direct.payload(m),
                              model=direct.llm.model_key, backend=direct.backend) for m in todo]
         report = run_batch(reqs, cache=cache, parse=lambda body: dict(parser(body), price_factor=0.5),
@@ -200,8 +206,12 @@ def run_batch_api(cfg: RunConfig, rows: list[dict]) -> dict:
                            "/v1/chat/completions", base_url=t.base_url, api_key=api_key_for(t),
                            poll_s=cfg.query.batch_poll_s, timeout_s=cfg.query.batch_wait_s,
                            cost_fn=lambda u: cost_of(u, t))
+        if ledger is not None:
+            ledger.settle(reserved, to_nusd(report.cost_usd, up=True))
     finally:
         cache.close()  # never left open for the pipeline's fork
+        if ledger is not None:
+            ledger.close()
     if report.status == "pending":
         raise BatchPending(f"{len(report.pending)} batch(es) still running at the provider ({', '.join(report.pending)});"
                            " nothing is lost and nothing will be submitted twice: run the same command again later "
@@ -270,10 +280,9 @@ def _dry_run(cfg: RunConfig, rows: list[dict], sample: bool, cache) -> dict:
 
     from trace_inversion.models.clients import Budget, cost_of, credential_problems, input_token_bound, make_client, max_cost
     from trace_inversion.config import ConfigError
-    from trace_inversion.toy.world import ToyWorld
 
     t = cfg.models.target
-    client = make_client(t, cache, world=ToyWorld.from_config(cfg.data.toy), budget=Budget(cfg.budget_usd))
+    client = make_client(t, cache, world=cfg.data.toy, budget=Budget(cfg.budget_usd))
     sys_msg = [{"role": "system", "content": cfg.query.system_prompt}] if cfg.query.system_prompt else []
     convs = {r["id"]: sys_msg + [{"role": "user", "content": r["problem"]}] for r in rows}
     k = min(cfg.query.dry_run_sample, len(rows)) if sample else 0

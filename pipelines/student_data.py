@@ -28,7 +28,7 @@ from trace_inversion.pipelines import STAGES
 from trace_inversion.config import RunConfig
 from trace_inversion.data.io import read_split
 from trace_inversion.pipelines.common import (count_reasons, crashed_rows, distilabel_cache, reorder, require_models,
-                                             retry_stats, run_distiset, run_pipeline, step_kwargs)
+                                             retry_stats, run_distiset, run_pipeline, step_kwargs, surrogate_lengths)
 from trace_inversion.pipelines.stage import Output, Stage
 from trace_inversion.prompts import stage_templates
 
@@ -179,8 +179,9 @@ def run_surrogate_on_targets(cfg: RunConfig, target_dir: Path, out_name: str = S
     """Run ``models.surrogate`` on the target's problems (the ``target`` config of a
     query-target output): ``<output.dir>/<out_name>`` with ``traces`` (id, problem,
     surrogate_trace, surrogate_answer: what ``join_sources`` reads) and ``failures``
-    (truncated or failed generations, with the reason). Model calls go through the
-    request cache; a finished run with the same inputs is reused."""
+    (truncated or failed generations, with the reason); its stats and card hold the
+    surrogate's lengths (``lengths``). Model calls go through the request cache; a
+    finished run with the same inputs is reused."""
     require_models(cfg, "surrogate")
     rows = [{"id": r["id"], "problem": r["problem"]} for r in read_split(Path(target_dir), "target")]
     stage = Stage(cfg, "surrogate-on-targets", rows, folder=out_name, summary=surrogate_summary)
@@ -209,7 +210,8 @@ def surrogate_output(cfg: RunConfig, stage: Stage) -> Output:
 
     remove_stale_configs(stage.out_dir, {"traces", "failures"})
     stats = {"rows_in": len(rows), "rows_out": len(ok), "failures": len(failed),
-             "failure_reasons": count_reasons(failed, "failure"), **retry_stats(cfg, "surrogate_on_targets")}
+             "failure_reasons": count_reasons(failed, "failure"), **retry_stats(cfg, "surrogate_on_targets"),
+             "lengths": surrogate_lengths(cfg, result)}
     # a rerun retries the failed rows (--retry-failed sends them fresh)
     return Output(splits={"traces": [{k: r.get(k) for k in SURROGATE_COLUMNS} for r in ok],
                           "failures": [failure_row(r) for r in failed]},

@@ -48,12 +48,18 @@ def tiny_model(work: Path) -> Path:
 
 
 def engine(work: Path, backend: str, model, cache: str, sampling: dict, **kw):
+    """The role's LLM from the registry (engine settings as config fields) behind the one
+    request cache, loaded (placement, weights)."""
+    from trace_inversion.models import CachedModel, llm_from_config
     from trace_inversion.models.cache import RequestCache
-    from trace_inversion.config import ModelConfig
-    from trace_inversion.engines import make_engine
 
-    cfg = ModelConfig(backend=backend, model=str(model), sampling=sampling)
-    return make_engine(cfg, RequestCache(work / cache), **kw)
+    fields = {k: kw.pop(k) for k in ("max_model_len", "dtype", "gpu_memory_utilization") if k in kw}
+    if kw:
+        fields["engine_kwargs"] = kw
+    m = CachedModel(llm_from_config({"backend": backend, "model": str(model), "sampling": sampling, **fields}),
+                    RequestCache(work / cache))
+    m.load()
+    return m
 
 
 def check_env(work: Path) -> None:
@@ -93,7 +99,7 @@ def check_transformers(work: Path) -> None:
     batch = e.generate(PROMPTS)
     seconds = time.time() - t0
     assert all(r.ok for r in batch), [r.error for r in batch if not r.ok]
-    m, tok = e.load()
+    m, tok = e.llm._model, e.llm._tok
     device, placed = str(m.device), getattr(m, "hf_device_map", None)
     alone = [engine(work, "transformers", model, f"tf-alone{i}.sqlite", sampling).generate([p])[0]
              for i, p in enumerate(PROMPTS[:4])]

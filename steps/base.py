@@ -50,7 +50,7 @@ class ModelStep(Step):
             engine = dict(self.llm.extra_kwargs or {})
             if "max_model_len" not in engine:  # the model's own setting wins over the stage's
                 engine["max_model_len"] = self.max_model_len
-                self.llm.extra_kwargs = engine
+                self.llm = self.llm.model_copy(update={"extra_kwargs": engine})  # never the caller's object
         return self
 
     _gen: Any = PrivateAttr(None)
@@ -98,7 +98,7 @@ class ModelStep(Step):
                 "cuda_devices": getattr(self.llm, "cuda_devices", None)}
         gen_s = self._seconds - self._gen.load_seconds
         data["generation_seconds"] = round(gen_s, 3)
-        data["output_tokens_per_s"] = round(u.output_tokens / gen_s, 1) if gen_s > 0 else None
+        data["output_tokens_per_s"] = round(self._gen.paid_output_tokens / gen_s, 1) if gen_s > 0 else None
         p = self.timings_path()
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(data, indent=2))

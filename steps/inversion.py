@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from distilabel.steps import StepInput
+from distilabel.models.llms.base import LLM
 from pydantic import Field, PrivateAttr
 
 from trace_inversion.prompts import INVERTER_USER_TEMPLATE
@@ -66,6 +67,15 @@ class InvertTraces(ModelStep):
     separate cached request (its seed is part of the key), so resampling never repeats
     a paid call and a rerun replays them all.
 
+    Every sample records its finish reason, whether it hit the length cap, and its
+    length (``scoring.lengths``: tokens of the inverter's own tokenizer where one loads
+    offline, else word tokens). The optional **length filter** (``max_length_ratio``,
+    off by default) rejects, after the other filters and before any verifier, a trace
+    longer than ``max_length_ratio`` x its reference length: the row's true trace
+    (``reference_column``) when it has one, else ``reference_length`` (e.g. the median
+    surrogate trace); the reason reads "too long: N tokens > k x reference M", and the
+    row is resampled like any other rejection. Without a reference the filter passes.
+
     Attributes:
         with_summary: use the summary (the paper's two inverters: with / without).
         samples_per_round: samples per row per round.
@@ -73,7 +83,8 @@ class InvertTraces(ModelStep):
         unverifiable: rows whose best sample cannot be verified: "keep" (status
             ``unverifiable``, their own config) or "reject" (status ``rejected``).
         verifiers: names from ``trace_inversion.scoring.verifiers.VERIFIERS``, ``answer`` first.
-        judge_model: the ``judge`` verifier's ``ModelConfig`` as a dict.
+        judge_model: the ``judge`` verifier's ``ModelConfig`` as a dict, or
+        judge_llm: the judge as any distilabel LLM (through the same request cache).
         prm: the ``prm`` verifier's ``PRMVerifier`` arguments (model, threshold, ...).
         answer_column / summary_column: input column names.
         user_template: the inverter's user message (``prompts.INVERTER_USER_TEMPLATE``
@@ -81,6 +92,9 @@ class InvertTraces(ModelStep):
         system_prompt: an optional system message sent before it.
         base_seed: seed of the first sample; sample k of round a uses
             ``base_seed + a * samples_per_round + k``.
+        max_length_ratio: the length filter's multiple of the reference length (None: off).
+        reference_column: the column with each row's reference trace (true trace) for the filter.
+        reference_length: the reference length for rows without one (in the same unit).
         llm (or model), cache_path, total_rows, max_model_len: see ``ModelStep``.
 
     Input columns:
@@ -92,12 +106,16 @@ class InvertTraces(ModelStep):
         - inversion_reason (str): why.
         - inversion_status (str): "verified" (goes to ``inverted``), "unverifiable" or "rejected".
         - inversion_accepted (bool): status is "verified".
-        - inversion_attempts (list[dict]): every sample: round, seed, verdict, reason, trace, verification.
+        - inversion_attempts (list[dict]): every sample: round, seed, verdict, reason, trace, verification,
+          finish_reason, cap_hit (bool | None: stopped at the length cap), length (of the whole output, in
+          ``length_unit``: in model tokens the backend's own count of generated tokens when it reports one;
+          None when the call failed).
         - verification (list[dict]): the chosen sample's verdict per verifier run:
           ``{"verifier", "verdict" (bool | None), "reason", "first_wrong_step" (int | None)}``.
         - step_verdict / first_wrong_step: those of the first step-level verifier run (else None).
         - target_final_answer / target_answer_method: the target's answer as extracted, and how.
         - first_trace / first_verdict: the first sample, as an unverified pipeline would keep it.
+        - length_unit (str): the unit of the attempts' lengths.
         - inverter_model (str)
 
     Examples:
@@ -116,15 +134,21 @@ class InvertTraces(ModelStep):
     unverifiable: Literal["keep", "reject"] = "keep"
     verifiers: list[str] = Field(default_factory=lambda: ["answer"])
     judge_model: Optional[dict] = None
+    judge_llm: Optional[LLM] = Field(None, description="The judge as any distilabel LLM (instead of judge_model).")
     prm: Optional[dict] = None
     answer_column: str = "target_answer"
     summary_column: str = "target_summary"
     user_template: str = Field(INVERTER_USER_TEMPLATE, description="The inverter's user message template.")
     system_prompt: Optional[str] = Field(None, description="An optional system message for the inverter.")
     base_seed: int = 0
+    max_length_ratio: Optional[float] = Field(None, gt=0, description="Reject traces longer than this multiple of "
+                                              "the reference length (None: off).")
+    reference_column: Optional[str] = Field(None, description="Column with each row's reference (true) trace.")
+    reference_length: Optional[float] = Field(None, ge=0, description="Reference length for rows without one.")
     progress_label: str = "invert"
 
     _verifiers: Any = PrivateAttr(None)
+    _counter: Any = PrivateAttr(None)
 
     @property
     def inputs(self) -> "StepColumns":
@@ -134,17 +158,20 @@ class InvertTraces(ModelStep):
     def outputs(self) -> "StepColumns":
         return ["inverted_trace", "inversion_verdict", "inversion_reason", "inversion_status", "inversion_accepted",
                 "inversion_attempts", "verification", "step_verdict", "first_wrong_step", "target_final_answer",
-                "target_answer_method", "first_trace", "first_verdict", "inverter_model"]
+                "target_answer_method", "first_trace", "first_verdict", "length_unit", "inverter_model"]
 
     def load(self) -> None:
         super().load()
+        from trace_inversion.scoring.lengths import counter_for_llm
         from trace_inversion.scoring.verifiers import make_verifiers
+
+        self._counter = counter_for_llm(self.llm)
 
         if not self.verifiers or self.verifiers[0] != "answer":
             raise ValueError(f"verifiers must start with answer, got {self.verifiers}; fix: e.g. [answer, steps]")
         judge_kw = None
-        if self.judge_model:
-            judge_kw = {"model": self.judge_model, "cache_path": self.cache_path, "toy_world": getattr(self.llm, "world", None),
+        if self.judge_model or self.judge_llm is not None:
+            judge_kw = {"model": self.judge_model, "llm": self.judge_llm, "cache_path": self.cache_path, "toy_world": getattr(self.llm, "world", None),
                         "budget_usd": self.budget_usd, "max_model_len": self.max_model_len,
                         "budget_scope": getattr(self, "budget_scope", None)}
         self._verifiers = make_verifiers(self.verifiers, judge_kw, self.prm)
@@ -176,6 +203,31 @@ class InvertTraces(ModelStep):
         summary = (row.get(self.summary_column) or "") if self.with_summary else None
         return inverter_messages(row["problem"], row[self.answer_column] or "", summary,
                                  template=self.user_template, system=self.system_prompt)
+
+    def length_cap(self) -> Optional[int]:
+        """The inverter's length cap in tokens (``sampling.max_new_tokens``), when known."""
+        cfg = getattr(self.llm, "cfg", None)
+        sampling = getattr(cfg, "sampling", None)
+        return getattr(sampling, "max_new_tokens", None)
+
+    def reference_lengths(self, rows: list[dict]) -> list[Optional[float]]:
+        """Each row's reference length for the length filter (None: the filter is off)."""
+        if self.max_length_ratio is None:
+            return [None] * len(rows)
+        out = []
+        for r in rows:
+            ref = r.get(self.reference_column) if self.reference_column else None
+            out.append(self._counter.count(ref) if ref else self.reference_length)
+        return out
+
+    def too_long(self, trace: Optional[str], reference: Optional[float]) -> Optional[str]:
+        """The length filter's rejection reason for ``trace``, or None (kept)."""
+        from trace_inversion.scoring.lengths import length_verdict
+
+        if self.max_length_ratio is None or trace is None:
+            return None
+        ok, why = length_verdict(self._counter.count(trace), reference, self.max_length_ratio, self._counter.short)
+        return why if ok is False else None
 
     def accepted(self, verdict: Optional[bool]) -> bool:
         return verdict is True
@@ -222,9 +274,12 @@ class InvertTraces(ModelStep):
 
     def process(self, inputs: StepInput) -> "StepOutput":  # type: ignore[override]
         from trace_inversion.scoring.answer_matching import extract_final_answer
+        from trace_inversion.scoring.lengths import cap_hit, output_length
         from trace_inversion.scoring.verifiers import Sample
 
         k = self.samples_per_round
+        refs = self.reference_lengths(inputs)
+        cap = self.length_cap() if self._counter.model_tokens else None
         targets = [extract_final_answer(r.get(self.answer_column)) if r.get(self.answer_column) else (None, "none")
                    for r in inputs]
         # rows some verifier can never judge: one sample, no resampling
@@ -244,18 +299,30 @@ class InvertTraces(ModelStep):
                     convs.append(self.messages(inputs[i]))
                     seeds.append(self.base_seed + rnd * k + j)
                     owners.append(i)
-            # with --retry-failed, a sample the filters or answer check rejected is requested once more
-            results = self.call_model(convs, seeds, failure=lambda n, res: judge(
-                res.response.get("answer"), res.response.get("finish_reason"),
-                inputs[owners[n]][self.answer_column], targets[owners[n]])[0] is False)
+
+            def failure(n, res):
+                """With --retry-failed, a sample the filters or answer check rejected is requested once more."""
+                verdict, _, trace = judge(res.response.get("answer"), res.response.get("finish_reason"),
+                                          inputs[owners[n]][self.answer_column], targets[owners[n]])
+                return verdict is False or self.too_long(trace, refs[owners[n]]) is not None
+
+            results = self.call_model(convs, seeds, failure=failure)
             atts = []
             for i, seed, res in zip(owners, seeds, results):
+                output = res.response.get("answer") if res.ok else None
+                finish = res.response.get("finish_reason") if res.ok else None
                 if res.ok:
-                    passed, reason, trace = filter_output(res.response.get("answer"), res.response.get("finish_reason"))
+                    passed, reason, trace = filter_output(output, finish)
+                    why = self.too_long(trace, refs[i]) if passed else None
+                    if why is not None:
+                        passed, reason = False, why
                 else:
                     passed, reason, trace = False, f"generation failed: {res.error}", None
+                length = output_length(output, res.response if res.ok else None, self._counter)
                 atts.append({"round": rnd, "seed": seed, "verdict": False if not passed else None, "reason": reason,
-                             "trace": trace, "verification": [], "_passed": passed, "_row": i})
+                             "trace": trace, "verification": [], "finish_reason": finish,
+                             "cap_hit": None if output is None else cap_hit(output, finish, False, length, cap),
+                             "length": length, "_passed": passed, "_row": i})
             self._verify_round(atts, inputs, targets)
             for att in atts:
                 st = state[att.pop("_row")]
@@ -280,5 +347,5 @@ class InvertTraces(ModelStep):
                             first_wrong_step=step_run["first_wrong_step"] if step_run else None,
                             target_final_answer=targets[i][0], target_answer_method=targets[i][1],
                             first_trace=first["trace"], first_verdict=first["verdict"],
-                            inverter_model=self.model_name))
+                            length_unit=self._counter.unit, inverter_model=self.model_name))
         yield out

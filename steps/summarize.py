@@ -43,6 +43,8 @@ class CompressTraces(ModelStep):
     Output columns:
         - summary (str), summary_style (str), summary_prompt_sha (str),
           summary_model (str), summary_error (str or None)
+        - summary_finish_reason (str or None): the backend's finish reason (``length``:
+          the length cap was hit; None without a call or when the backend reports none)
 
     Examples:
         ```python
@@ -64,7 +66,8 @@ class CompressTraces(ModelStep):
 
     @property
     def outputs(self) -> "StepColumns":
-        return ["summary", "summary_style", "summary_prompt_sha", "summary_model", "summary_error"]
+        return ["summary", "summary_style", "summary_prompt_sha", "summary_model", "summary_error",
+                "summary_finish_reason"]
 
     def system_prompt(self) -> str:
         from trace_inversion.prompts import compressor_prompt
@@ -83,7 +86,8 @@ class CompressTraces(ModelStep):
         by_index = dict(zip(todo, results))
         out = []
         for i, r in enumerate(inputs):
-            row = dict(r, summary_style=style, summary_prompt_sha=sha, summary_model=self.model_name)
+            row = dict(r, summary_style=style, summary_prompt_sha=sha, summary_model=self.model_name,
+                       summary_finish_reason=None)
             res = by_index.get(i)
             if res is None:
                 row.update(summary=None, summary_error="no trace to summarise")
@@ -91,6 +95,7 @@ class CompressTraces(ModelStep):
                 row.update(summary=None, summary_error=res.error)
             else:
                 text = summary_text(res.response["answer"])
-                row.update(summary=text or None, summary_error=None if text else "empty summary")
+                row.update(summary=text or None, summary_error=None if text else "empty summary",
+                           summary_finish_reason=res.response.get("finish_reason"))
             out.append(row)
         yield out

@@ -30,6 +30,10 @@ class GenerateSurrogateTraces(ModelStep):
         - surrogate_answer (str): the text after ``</think>`` (None if truncated).
         - surrogate_model (str)
         - surrogate_error (str): None, or why the row is unusable.
+        - surrogate_finish_reason (str): the backend's finish reason (``length``: the
+          length cap was hit; None when the call failed or the backend reports none).
+        - surrogate_output_tokens (int): the backend's count of generated tokens (None
+          when not reported).
 
     Examples:
         ```python
@@ -47,12 +51,17 @@ class GenerateSurrogateTraces(ModelStep):
 
     @property
     def outputs(self) -> "StepColumns":
-        return ["surrogate_output", "surrogate_trace", "surrogate_answer", "surrogate_model", "surrogate_error"]
+        return ["surrogate_output", "surrogate_trace", "surrogate_answer", "surrogate_model", "surrogate_error",
+                "surrogate_finish_reason", "surrogate_output_tokens"]
 
     def parse_result(self, row: dict, result) -> dict:
         from trace_inversion.prompts import split_think
 
-        out = dict(row, surrogate_model=self.model_name)
+        response = (result.response or {}) if result.ok else {}
+        n_out = (response.get("usage") or {}).get("output_tokens")
+        out = dict(row, surrogate_model=self.model_name, surrogate_finish_reason=response.get("finish_reason"),
+                   surrogate_output_tokens=n_out if isinstance(n_out, int) and n_out > 0 and not response.get("samples")
+                   else None)
         if not result.ok:
             return dict(out, surrogate_output=None, surrogate_trace=None, surrogate_answer=None,
                         surrogate_error=result.error)

@@ -50,9 +50,18 @@ class KeepVerified(Step):
         if dropped and self.excluded_path:
             p = Path(self.excluded_path)
             p.parent.mkdir(parents=True, exist_ok=True)
+            # a rerun (or a resumed run) meets the same rows again: each id is written once
+            seen = set()
+            if p.exists():
+                for line in p.read_text(encoding="utf-8").splitlines():
+                    try:
+                        seen.add(json.loads(line).get("id"))
+                    except ValueError:
+                        continue  # a line cut by a crash
             with p.open("a", encoding="utf-8") as f:
                 for r in dropped:
-                    f.write(json.dumps(r, default=str, ensure_ascii=False) + "\n")
+                    if r.get("id") is None or r.get("id") not in seen:
+                        f.write(json.dumps(r, default=str, ensure_ascii=False) + "\n")
         if dropped:
             self._logger.info(f"{self.name}: {len(dropped)} of {len(inputs)} rows excluded "
                               f"({', '.join(sorted({str(r.get('inversion_status')) for r in dropped}))})")

@@ -98,3 +98,16 @@ def test_query_target_pipeline_with_fault_storm_loses_no_row(toy_server, tmp_pat
     assert set(ok["id"]) | set(failed["id"]) == set(pl.read_parquet(tmp_path / "toy/train.parquet")["id"])
     assert failed.height > 0 and failed["query_error"].null_count() == 0
     assert stats["failures"] == failed.height and sum(stats["failure_reasons"].values()) == failed.height
+
+
+def test_help_and_config_tools_load_no_heavy_library():
+    """`--help`, `config` and `cache` stay fast: distilabel, torch, transformers, polars and
+    vLLM load only inside the commands that use them."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from trace_inversion import cli; cli.build_parser(); "
+            "print(sorted(m for m in ('distilabel', 'torch', 'transformers', 'polars', 'vllm', 'datasets') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr[-2000:])

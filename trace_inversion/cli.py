@@ -20,8 +20,8 @@ from trace_inversion.toy import tiny_models
 from trace_inversion.toy import world as toy_world
 from trace_inversion.training import evaluation
 from trace_inversion.training import sft as training
-from trace_inversion.cli_options import print_json
-from trace_inversion.config import DEFAULT_CONFIG_PATH, RunConfig, load_config
+from trace_inversion import config
+from trace_inversion.models import cache
 from trace_inversion.errors import UserError
 from trace_inversion.hub_cards import publish, review
 from trace_inversion.pipelines import build_inverter_data, demo, invert, query_target, student_data
@@ -32,46 +32,10 @@ Override any field with --set, e.g. --set data.toy.n_train=200 --set output.dir=
 Start a config from `trace-inversion config show > my.yaml`."""
 
 
-def add_config_tool(subparsers) -> None:
-    """The ``config`` command."""
-    p = subparsers.add_parser("config", help="tool: show, validate or print the schema of run configs",
-                              description="Config tools. `show` prints the embedded default (or a file, normalised).")
-    p.add_argument("action", choices=["show", "validate", "schema"])
-    p.add_argument("file", nargs="?", help="config YAML (default: embedded)")
-    p.set_defaults(func=config_tool)
-
-
-def config_tool(args) -> int:
-    if args.action == "show":
-        print(load_config(args.file).to_yaml() if args.file else DEFAULT_CONFIG_PATH.read_text(), end="")
-    elif args.action == "schema":
-        print_json(RunConfig.model_json_schema())
-    else:
-        cfg = load_config(args.file)
-        print(f"OK: {args.file or 'embedded default'} is a valid config (run {cfg.name!r})")
-    return 0
-
-
-def add_cache_tool(subparsers) -> None:
-    """The ``cache`` command."""
-    p = subparsers.add_parser("cache", help="tool: statistics of a request cache file")
-    p.add_argument("path")
-    p.set_defaults(func=cache_tool)
-
-
-def cache_tool(args) -> int:
-    from trace_inversion.models.cache import RequestCache
-
-    if not Path(args.path).exists():
-        raise UserError(f"no cache at {args.path}")
-    print_json(RequestCache(args.path).stats())
-    return 0
-
-
 # The commands in --help order: each adds its subparser, with ``func`` its main.
 COMMANDS = (demo.add_parser, query_target.add_parser, build_inverter_data.add_parser, invert.add_parser,
             training.add_parser, student_data.add_parser, evaluation.add_parser, publish.add_parser, review.add_parser,
-            add_config_tool, toy_world.add_parser, tiny_models.add_parser, add_cache_tool)
+            config.add_parser, toy_world.add_parser, tiny_models.add_parser, cache.add_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
 """The demo's report: the accuracy table per condition, the inversion's filter rates
-and trace quality, the releases (``report.md``), and the bar chart (``results.png``)."""
+and trace quality, the lengths of every generation per seed, the releases
+(``report.md``), and the bar chart (``results.png``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import statistics
 from pathlib import Path
 
 from trace_inversion.data.io import read_split
+from trace_inversion.pipelines import STAGES
 from trace_inversion.pipelines.student_data import DEFAULT_CONDITIONS
 
 LABELS = {"answer_only": "answer only", "summary_answer": "summary + answer", "surrogate_traces": "surrogate traces",
@@ -25,6 +27,50 @@ def same_data(folder: Path, conditions: list[str]) -> dict[str, str]:
         digest = hashlib.sha256(json.dumps(read_split(folder, c), sort_keys=True).encode()).hexdigest()
         out[c] = seen.setdefault(digest, c)
     return out
+
+
+def seed_lengths(run: dict) -> dict:
+    """A seed's length statistics (``scoring.lengths``): the surrogate's and the
+    compressor's (``run["lengths"]``, else the ``stats.json`` of the ``inverter_data``
+    stage beside the inversion folder) and the inverter's (``run["inversion"]``)."""
+    out = dict(run.get("lengths") or {})
+    inv = run.get("inversion") or {}
+    if not out and inv.get("output_dir"):
+        p = Path(inv["output_dir"]).parent / STAGES["build-inverter-data"]["folder"] / "stats.json"
+        if p.exists():
+            out = dict(json.loads(p.read_text()).get("lengths") or {})
+    out.update(inv.get("lengths") or {})
+    return out
+
+
+def _num(v) -> str:
+    return "—" if v is None else f"{v:g}"
+
+
+def lengths_lines(runs: list[dict]) -> list[str]:
+    """The report's lengths section: one table row per seed and generation, then the
+    inverted-to-reference length ratios."""
+    lines = ["## Lengths and length caps", "",
+             "Per generation: median and p90 length in the unit named (the model's own tokens where its tokenizer "
+             "loads offline, else word tokens) and how many generations stopped at the length cap.", "",
+             "| seed | generation | measured | unit | n | median | p90 | cap hits |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        for name, st in seed_lengths(r).items():
+            rate = st.get("cap_hit_rate")
+            hits = "—" if rate is None else f"{st.get('cap_hits', 0)} ({rate:.1%})"
+            lines.append(f"| {r['seed']} | {name.replace('_', ' ')} | {st.get('of', '')} | {st.get('unit', '')} | "
+                         f"{st.get('n', 0)} | {_num(st.get('median'))} | {_num(st.get('p90'))} | {hits} |")
+    ratios = [(r["seed"], (r.get("inversion") or {}).get("length_ratio") or {}) for r in runs]
+    if any(lr.get("reference") for _, lr in ratios):
+        lines += ["", "| seed | inverted vs | first draws: median ratio | kept: median ratio "
+                  "| kept: ratio of medians |", "|---|---|---|---|---|"]
+        for seed, lr in ratios:
+            if lr.get("reference"):
+                first, kept = lr.get("first_draws") or {}, lr.get("kept") or {}
+                lines.append(f"| {seed} | {lr['reference']} | {_num(first.get('median_ratio'))} | "
+                             f"{_num(kept.get('median_ratio'))} | {_num(kept.get('ratio_of_medians'))} |")
+    return lines
 
 
 def render_report(runs: list[dict], size: dict, seconds: float) -> str:
@@ -59,8 +105,9 @@ def render_report(runs: list[dict], size: dict, seconds: float) -> str:
                      f"{inv['rejected']} | {st.get('kept', 0):.1%} | {st.get('unfiltered', 0):.1%} | "
                      f"{ov.get('rougeL', 0):.1f} | {ov.get('bleu', 0):.1f} |")
     lines += ["", "Inverted traces are in the surrogate's notation (the inverter learned from the surrogate), "
-              "so overlap with the target's hidden notation is low even when every step is right.", "",
-              "## Releases", ""]
+              "so overlap with the target's hidden notation is low even when every step is right.", ""]
+    lines += lengths_lines(runs)
+    lines += ["", "## Releases", ""]
     for r in runs:
         for stage, rel in r["releases"].items():
             lines.append(f"- seed {r['seed']} {stage}: `{rel['repo']}` @ {rel['version']}")

@@ -69,6 +69,27 @@ def test_card_records_provenance(tmp_path):
         assert needle in text, needle
 
 
+def test_card_lengths_section(tmp_path):
+    """A generating stage's card shows each generation's lengths, cap hits and unit."""
+    words = "word tokens (whitespace split)"
+    stats = {"lengths": {
+        "inverter_first_draws": {"n": 100, "unit": "tokens (Qwen2.5-7B tokenizer)", "median": 7812.0, "p90": 16384.0,
+                                 "cap": 16384, "cap_hits": 31, "cap_hit_rate": 0.31, "cap_unknown": 0,
+                                 "of": "first draw of each row (whole output)"},
+        "reference": {"n": 100, "unit": words, "median": 3001.5, "p90": 5000.0, "cap": None, "cap_hits": 0,
+                      "cap_hit_rate": None, "cap_unknown": 100, "of": "true traces (column target_trace)"}},
+        "length_ratio": {"reference": "true traces (column target_trace)", "unit": "tokens (Qwen2.5-7B tokenizer)",
+                         "first_draws": {"n": 100, "median_ratio": 2.4, "p90_ratio": 3.9, "ratio_of_medians": 2.6},
+                         "kept": {"n": 60, "median_ratio": 2.2, "p90_ratio": None, "ratio_of_medians": 2.3}}}
+    text = _stage(tmp_path, [{"id": "1", "inverted_trace": "t"}], stats=stats)
+    assert "## Lengths" in text
+    assert ("| inverter first draws | first draw of each row (whole output) | 100 | tokens (Qwen2.5-7B tokenizer) "
+            "| 7812 | 16384 | 16384 | 31 (31.0%) |") in text
+    assert f"| reference | true traces (column target_trace) | 100 | {words} | 3001.5 | 5000 | — | — |" in text
+    assert "| first draws | 100 | 2.4 | 3.9 | 2.6 |" in text and "| kept | 60 | 2.2 | — | 2.3 |" in text
+    assert "## Lengths" not in _stage(tmp_path / "b", [{"id": "1"}], stats={"kept": 1})  # a stage without generations
+
+
 def test_validation_catches_cards_that_lie(tmp_path):
     text = _stage(tmp_path, [{"id": "1"}, {"id": "2"}])
     with pytest.raises(CardError, match="card says 2 rows, file has 3"):

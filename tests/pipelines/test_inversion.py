@@ -87,7 +87,9 @@ def canned_step(tmp_path, outputs: dict, **kw):
     def call_model(convs, seeds, failure=None):
         ids = [next(i for i in outputs_ids if i in c[-1]["content"]) for c in convs]
         calls.extend(zip(ids, seeds))
-        return [CallResult(True, {"answer": outputs[(i, sd)], "finish_reason": "stop"}) for i, sd in zip(ids, seeds)]
+        out = [outputs[(i, sd)] for i, sd in zip(ids, seeds)]  # text, or (text, finish reason)
+        return [CallResult(True, {"answer": o, "finish_reason": "stop"} if isinstance(o, str) else
+                           {"answer": o[0], "finish_reason": o[1]}) for o in out]
 
     outputs_ids = {i for i, _ in outputs}
     object.__setattr__(s, "call_model", call_model)
@@ -108,6 +110,60 @@ def test_unverifiable_traces_are_resampled_and_never_verified(tmp_path):
     assert b["inversion_status"] == "unverifiable" and b["inversion_verdict"] is None and not b["inversion_accepted"]
     assert b["inversion_reason"] == "cannot verify: no answer found in the trace" and len(b["inversion_attempts"]) == 3
     assert len(calls) == 5
+
+
+def test_every_draw_records_its_finish_reason_cap_hit_and_length(tmp_path):
+    rows = [{"id": "a", "problem": "Evaluate left to right modulo 10: 3 + 4 * 2", "target_answer": "\\boxed{4}",
+             "target_summary": ""}]
+    cut = "start 3\nadd 4 -> 7\nmul 2 -> 4\nwait, let me check that again. start 3\nadd 4"
+    outputs = {("3 + 4 * 2", 0): (cut, "length"), ("3 + 4 * 2", 1): ("<think>start 3\nadd 4 -> 7", None),
+               ("3 + 4 * 2", 2): ("start 3\nadd 4 -> 7\nmul 2 -> 4", "stop")}
+    s, _ = canned_step(tmp_path, outputs, max_attempts=3)
+    r = next(s.process(rows))[0]
+    atts = r["inversion_attempts"]
+    assert [(a["finish_reason"], a["cap_hit"]) for a in atts] == [("length", True), (None, True), ("stop", False)]
+    assert [a["length"] for a in atts] == [len(cut.split()), 6, 10]  # word tokens: the toy inverter has no tokenizer
+    assert r["length_unit"] == "word tokens (whitespace split)" and r["inversion_status"] == "verified"
+    assert atts[0]["reason"] == "truncated: length cap hit" and atts[0]["trace"] is None
+
+
+def test_length_filter_rejects_with_its_reason_and_resamples(tmp_path):
+    true = "start 3\nadd 4 -> 7\nmul 2 -> 4"  # 10 word tokens
+    rambling = "start 3\nadd 4 -> 7\nhmm, let me double check the addition: 3 plus 4 is 7, yes.\nmul 2 -> 4"
+    rows = [{"id": "a", "problem": "Evaluate left to right modulo 10: 3 + 4 * 2", "target_answer": "\\boxed{4}",
+             "target_summary": "", "target_trace": true},
+            {"id": "b", "problem": "Evaluate left to right modulo 10: 3 + 5 * 2", "target_answer": "\\boxed{6}",
+             "target_summary": ""}]  # no true trace: the reference length given
+    outputs = {("3 + 4 * 2", 0): rambling, ("3 + 4 * 2", 1): true,
+               ("3 + 5 * 2", 0): "start 3\nadd 5 -> 8\nmul 2 -> 6 " + "ok " * 30, ("3 + 5 * 2", 1): "3+5->8\n8*2->6"}
+    s, calls = canned_step(tmp_path, outputs, max_attempts=3, max_length_ratio=1.5, reference_column="target_trace",
+                           reference_length=10)
+    a, b = next(s.process(rows))
+    assert a["inversion_status"] == "verified" and a["inverted_trace"] == true
+    first = a["inversion_attempts"][0]
+    assert first["verdict"] is False
+    assert first["reason"] == f"too long: {len(rambling.split())} words > 1.5 x reference 10"
+    assert first["verification"] == []  # rejected before any verifier ran
+    assert b["inversion_status"] == "verified"
+    assert b["inversion_attempts"][0]["reason"] == "too long: 40 words > 1.5 x reference 10"
+    assert len(calls) == 4
+    # off by default: the rambling trace is verified at once
+    s, calls = canned_step(tmp_path, outputs, max_attempts=3)
+    assert next(s.process(rows))[0]["inverted_trace"] == rambling and len(calls) == 2
+    # a row that never fits is rejected with the filter's reason
+    s, _ = canned_step(tmp_path, {("3 + 4 * 2", sd): rambling for sd in range(2)}, max_attempts=2,
+                       max_length_ratio=1.5, reference_column="target_trace")
+    r = next(s.process(rows[:1]))[0]
+    assert r["inversion_status"] == "rejected" and r["inversion_reason"].startswith("too long: ")
+
+
+def test_length_filter_is_configured_on_the_invert_section():
+    from trace_inversion.config import ConfigError
+
+    assert load_config(None, {}).invert.max_length_ratio is None
+    assert load_config(None, {"invert": {"max_length_ratio": 2.5}}).invert.max_length_ratio == 2.5
+    with pytest.raises((ConfigError, ValueError)):
+        load_config(None, {"invert": {"max_length_ratio": 0}})
 
 
 def test_step_verifier_rejects_and_resamples(tmp_path):
@@ -154,15 +210,22 @@ def test_step_verifier_that_never_applies_is_not_resampled(tmp_path):
     assert [v["verdict"] for v in r["verification"]] == [True, None] and r["step_verdict"] is None
 
 
-def test_judge_verifier_in_the_step(toy_server, tmp_path):
+@pytest.mark.parametrize("judge_as", ["config", "distilabel_llm"])
+def test_judge_verifier_in_the_step(judge_as, toy_server, tmp_path):
     """The LLM judge (the toy server's, which reads steps exactly) rejects and resamples
-    answer-consistent traces with a wrong step, like the exact checker would."""
+    answer-consistent traces with a wrong step, like the exact checker would; the judge
+    given as a ModelConfig or as distilabel's own OpenAILLM."""
+    from distilabel.models.llms import OpenAILLM
+
     srv = toy_server()
     rows = toy_rows(12)
+    judge = ({"judge_model": {"backend": "openai-chat", "model": "toy-judge", "base_url": srv.base_url}}
+             if judge_as == "config" else
+             {"judge_llm": OpenAILLM(model="toy-judge", base_url=srv.base_url, api_key="EMPTY",
+                                     generation_kwargs={"temperature": 0.0, "max_new_tokens": 64})})
     s = InvertTraces(llm=ToyLLM(model="toy-inverter", world={"n_ops": 5, "inverter_error_rate": 0.3, "inverter_forces_answer": 1.0}),
                      cache_path=str(tmp_path / "c.sqlite"),
-                     verifiers=["answer", "judge"], max_attempts=3,
-                     judge_model={"backend": "openai-chat", "model": "toy-judge", "base_url": srv.base_url})
+                     verifiers=["answer", "judge"], max_attempts=3, **judge)
     s.load()
     out = next(s.process(rows))
     rejected_by_judge = [a for r in out for a in r["inversion_attempts"] if a["reason"].startswith("judge: ")]
@@ -217,6 +280,24 @@ def test_invert_pipeline_on_the_toy_world(tmp_path):
     assert stats["first_sample"]["inconsistent"] > 0 and stats["kept"] > stats["first_sample"]["consistent"]
     assert all(json.loads(a)[-1]["verdict"] is True for a in kept["inversion_attempts"])
     assert stats["overlap_kept"]["n"] == kept.num_rows and 0 < stats["overlap_kept"]["rougeL"] <= 100
+    assert 0 <= stats["overlap_kept"]["exact_match"] <= 100 and stats["overlap_kept"]["length_unit"].startswith("word")
+    assert stats["overlap_unfiltered"]["n"] == 60
+    # lengths per draw, in word tokens (the toy inverter has no tokenizer), and vs the true traces
+    lengths = stats["lengths"]
+    n_draws = sum(len(json.loads(a)) for a in kept["inversion_attempts"]) + sum(
+        len(json.loads(a)) for a in rejected["inversion_attempts"])
+    assert lengths["inverter_first_draws"]["n"] == 60 and lengths["inverter_all_draws"]["n"] == n_draws
+    assert lengths["inverter_kept"]["n"] == kept.num_rows and lengths["reference"]["n"] == 60
+    for st in lengths.values():
+        assert st["unit"] == "word tokens (whitespace split)" and st["median"] <= st["p90"] <= st["max"]
+    assert lengths["inverter_first_draws"]["cap_hit_rate"] == 0.0  # the toy inverter is never cut
+    ratio = stats["length_ratio"]
+    assert ratio["reference"] == "true traces (column target_trace)" and ratio["first_draws"]["n"] == 60
+    assert 0 < ratio["kept"]["median_ratio"] < 10 and ratio["kept"]["ratio_of_medians"] > 0
+    assert json.loads((folder / "stats.json").read_text())["lengths"] == lengths
+    card = (folder / "README.md").read_text()
+    assert "## Lengths" in card and "| inverter first draws | first draw of each row (whole output) | 60 |" in card
+    assert "Inverted vs reference trace length, reference: true traces (column target_trace)" in card
     assert 0 <= stats["toy_all_steps_correct"]["kept"] <= 1
     assert sum(stats["rejected_reasons"].values()) == rejected.height
     unf = pl.read_parquet(split_path(folder, "unfiltered"))
@@ -227,6 +308,37 @@ def test_invert_pipeline_on_the_toy_world(tmp_path):
     before = len(RequestCache(cfg.resolved_cache_path))
     run_invert(cfg)
     assert len(RequestCache(cfg.resolved_cache_path)) == before
+
+
+@pytest.mark.slow
+def test_invert_without_true_traces_measures_against_the_surrogate_and_filters_by_length(tmp_path):
+    """No true traces: lengths are compared with the surrogate's traces of inverter_data,
+    and the length filter's reference is their median."""
+    from trace_inversion.data.loading import load_rows
+    from trace_inversion.pipelines.build_inverter_data import run_build_inverter_data
+    from trace_inversion.pipelines.invert import run_invert
+    from trace_inversion.pipelines.query_target import run_query_target
+
+    cfg = _pipeline_cfg(tmp_path, {"backend": "toy", "model": "toy-inverter"}, n=20, max_attempts=2,
+                        ground_truth_column=None)
+    run_query_target(cfg)
+    surrogate = run_build_inverter_data(cfg, load_rows(cfg.data, "attacker"))["lengths"]["surrogate_traces"]
+    stats = run_invert(cfg)
+    ratio = stats["length_ratio"]
+    assert ratio["reference"].startswith("surrogate traces") and ratio["first_draws"]["median_ratio"] is None
+    assert ratio["first_draws"]["ratio_of_medians"] == pytest.approx(
+        stats["lengths"]["inverter_first_draws"]["median"] / surrogate["median"], abs=1e-3)
+    assert stats["lengths"]["reference"]["median"] == surrogate["median"] and "overlap_kept" not in stats
+    # a filter tighter than every trace: each sample is rejected with its reason, and resampled
+    cfg = _pipeline_cfg(tmp_path, {"backend": "toy", "model": "toy-inverter"}, n=20, max_attempts=2,
+                        ground_truth_column=None, max_length_ratio=0.1)
+    stats = run_invert(cfg)
+    assert stats["rejected"] == 20 and stats["max_length_ratio"] == 0.1
+    ref = surrogate["median"]
+    assert all(re.fullmatch(rf"too long: \d+ words > 0\.1 x reference {ref:g}", k) for k in stats["rejected_reasons"])
+    assert stats["lengths"]["inverter_all_draws"]["n"] == 40  # every row resampled once
+    card = (tmp_path / "out" / "inversion" / "README.md").read_text()
+    assert "too long: " in card and "## Lengths" in card
 
 
 def test_conditions_split_verified_from_unverifiable(tmp_path):
@@ -258,9 +370,9 @@ def tiny_prm() -> "Path":
     import subprocess
     import sys
 
-    from test_verifiers import tiny_prm_dir
+    from conftest import MODEL_CACHE
 
-    path = tiny_prm_dir()
+    path = MODEL_CACHE / "tiny-prm-v1"  # the folder tests/scoring/test_verifiers.py builds too
     subprocess.run([sys.executable, "-c", "import sys; from trace_inversion.scoring.verifiers import build_tiny_prm; "
                     "build_tiny_prm(sys.argv[1])", str(path)], check=True, timeout=300, capture_output=True)
     return path
@@ -365,6 +477,15 @@ def test_invert_with_trained_tiny_inverter_transformers(trained_inverter, tmp_pa
     first = stats["first_sample"]
     assert first["consistent"] + first["inconsistent"] > 0  # it learned the trace format: verdicts are computable
     assert kept.height > 0 and all(re.match(r"\d+[+*-]\d+->\d+", t) for t in kept["inverted_trace"])
+    # a local model: lengths in its own tokens, cap hits from its finish reasons (cap: 48 new tokens)
+    unit = f"tokens ({trained_inverter.name} tokenizer)"
+    draws = stats["lengths"]["inverter_all_draws"]
+    assert draws["unit"] == stats["length_ratio"]["unit"] == unit and draws["cap"] == 48 and draws["cap_unknown"] == 0
+    atts = [a for t in pl.read_parquet(split_path(tmp_path / "out" / "inversion", "rejected"))["inversion_attempts"]
+            .to_list() + kept["inversion_attempts"].to_list() for a in json.loads(t)]
+    assert draws["cap_hits"] == sum(a["finish_reason"] == "length" for a in atts)
+    assert all(a["reason"] == "truncated: length cap hit" for a in atts if a["cap_hit"])
+    assert stats["length_ratio"]["kept"]["median_ratio"] > 0
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """Inverter training data: prompts, think-splitting, steps and the pipeline on the toy world."""
 
+import json
+
 import polars as pl
 import pytest
 
@@ -89,6 +91,16 @@ def test_pipeline_on_the_toy_world(tmp_path):
     assert rep["compressor"]["median_tokens"] == rep["target"]["median_tokens"]
     card = (folder / "README.md").read_text()
     assert "Summary style report" in card and "config_name: with_summary" in card
+    # lengths of both generating models, with their unit (the toy models have no tokenizer: word tokens)
+    lengths = json.loads((folder / "stats.json").read_text())["lengths"]
+    assert set(lengths) == {"surrogate", "surrogate_traces", "compressor"} and lengths == stats["lengths"]
+    for st in lengths.values():
+        assert st["n"] == 120 and st["unit"] == "word tokens (whitespace split)" and 0 < st["median"] <= st["p90"]
+    assert lengths["surrogate"]["cap_hit_rate"] == lengths["compressor"]["cap_hit_rate"] == 0.0
+    assert lengths["surrogate"]["median"] > lengths["surrogate_traces"]["median"]  # the answer after </think>
+    assert set(traces.columns) >= {"surrogate_finish_reason", "summary_finish_reason"}
+    assert set(traces["surrogate_finish_reason"]) == {"stop"}
+    assert "## Lengths" in card and "| surrogate | whole output (trace + answer) | 120 | word tokens" in card
 
 
 @pytest.mark.slow

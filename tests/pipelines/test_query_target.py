@@ -242,3 +242,23 @@ def test_batch_api_needs_an_api_target(tmp_path):
 
     with pytest.raises(ConfigError, match="query.batch_api needs an OpenAI API target"):
         config(tmp_path, backend="toy", target={"model": "toy-target"}, query={"batch_api": True})
+
+
+def test_batch_api_spending_is_part_of_the_runs_one_budget(toy_server, tmp_path):
+    """The batch's worst case is reserved before it is submitted and its cost settled in
+    the run's ledger; a batch that cannot fit the cap is refused before submission."""
+    srv = toy_server()
+    cfg, _ = config(tmp_path, srv, n=6, budget_usd=5.0, target={"sampling": {"max_new_tokens": 256}},
+                    query={"batch_api": True, "batch_poll_s": 0.1})
+    stats = run_query_target(cfg)
+    b = stats["budget"]
+    assert stats["rows_out"] == 6 and b["reserved_usd"] == 0
+    assert abs(b["spent_usd"] - stats["batch_api"]["cost_usd"]) < 1e-6 and b["spent_usd"] > 0
+    from trace_inversion.config import ConfigError
+
+    (tmp_path / "tight").mkdir()
+    tight, _ = config(tmp_path / "tight", srv, n=6, budget_usd=0.0001, target={"sampling": {"max_new_tokens": 256}},
+                      query={"batch_api": True, "batch_poll_s": 0.1})
+    with pytest.raises(ConfigError, match="does not fit budget_usd"):
+        run_query_target(tight)
+    assert srv.get("/stats")["batch_creates"] == 1  # nothing was submitted for the refused one

@@ -195,6 +195,9 @@ def test_student_data_cli_runs_the_surrogate_writes_matched_variants_and_drops_s
     stats = json.loads(r.stdout)
     c = stats["conditions"]
     assert c["surrogate_traces"] == len(read_split(out / "surrogate_on_targets", "traces")) == 40
+    lengths = json.loads((out / "surrogate_on_targets" / "stats.json").read_text())["lengths"]
+    assert lengths["surrogate"]["n"] == 40 and lengths["surrogate"]["cap_hit_rate"] == 0.0
+    assert "## Lengths" in (out / "surrogate_on_targets" / "README.md").read_text()
     assert c["answer_only"] == c["summary_answer"] == c["target_traces"] == c["inverted_unfiltered"] == 40
     assert 0 < c["inverted_verified"] <= 40  # rows whose trace missed the answer are left out
     sd = out / "student_data"

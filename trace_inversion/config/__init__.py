@@ -527,10 +527,21 @@ class InvertConfig(_Strict):
     prm_batch_size: int = Field(8, ge=1, le=1024, description="Traces per PRM forward pass.")
     prm_trust_remote_code: bool = Field(False, description="Load the PRM's own model class from its folder (needed "
                                         "by Qwen2.5-Math-PRM); runs code shipped with the model.")
+    prm_engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="How the `prm` verifier runs its model: `transformers` (a token-classification "
+        "PRM, or with prm_trust_remote_code the model's own class), or `vllm` (vLLM's reward pooling: STEP pooling "
+        "at prm_step_token; needs a Qwen2ForProcessRewardModel, the Qwen2.5-Math-PRM architecture; on CPU float32 "
+        "and eager). Both read the same tokens and give the same per-step rewards.")
     answer_column: str = Field("target_answer", description="Column with the target's answer.")
     summary_column: str = Field("target_summary", description="Column with the target's summary.")
     ground_truth_column: Optional[str] = Field("target_trace", description="Column with ground-truth traces for "
                                                "overlap metrics (open targets, toy world); skipped when absent.")
+    max_length_ratio: Optional[float] = Field(
+        None, gt=0, description="Length filter (off by default): reject a sampled trace longer than this multiple of "
+        "its reference length, with the reason (\"too long: N tokens > k x reference M\"), and resample it like any "
+        "rejection. The reference is the row's true trace (ground_truth_column) when it has one, else the median "
+        "surrogate trace of <output.dir>/inverter_data; lengths are in the inverter's own tokens when its tokenizer "
+        "loads offline, else in word tokens. E.g. 2.0; the paper's pipeline has no such filter.")
     max_model_len: Optional[int] = Field(None, ge=64, description="vLLM context length for local engines.")
     user_template_file: Optional[str] = Field(
         None, description="A file replacing the inverter's user message template (used by build-inverter-data for "
@@ -575,6 +586,11 @@ class InvertConfig(_Strict):
                              "folder or Hub id (e.g. Qwen/Qwen2.5-Math-PRM-7B), or drop prm")
         if self.prm_model and _looks_local(self.prm_model) and not Path(self.prm_model).exists():
             raise ValueError(f"invert.prm_model {self.prm_model!r} does not exist; fix: point it at a saved PRM folder")
+        if self.prm_engine == "vllm" and self.prm_model and _looks_local(self.prm_model):
+            arch = _architectures(Path(self.prm_model).expanduser())
+            if arch and "Qwen2ForProcessRewardModel" not in arch:
+                raise ValueError(f"invert.prm_engine vllm needs a Qwen2ForProcessRewardModel (vLLM's PRM "
+                                 f"architecture); {self.prm_model} is {arch}; fix: set prm_engine: transformers")
         return self
 
 
@@ -716,6 +732,16 @@ def _looks_local(model: str) -> bool:
     return model.startswith(("/", "./", "../", "~"))
 
 
+def _architectures(model_dir: Path) -> list[str]:
+    """The ``architectures`` of a local model folder's config.json ([] when unreadable)."""
+    import json
+
+    try:
+        return list(json.loads((model_dir / "config.json").read_text()).get("architectures") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 # ----------------------------------------------------------------------------- errors
 
 def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
@@ -828,3 +854,26 @@ def parse_override(item: str) -> dict:
         cur = cur[p]
     cur[parts[-1]] = yaml.safe_load(value)
     return node
+
+
+# ----------------------------------------------------------------------------- the `config` command
+def add_parser(subparsers) -> None:
+    """The ``config`` command."""
+    p = subparsers.add_parser("config", help="tool: show, validate or print the schema of run configs",
+                              description="Config tools. `show` prints the embedded default (or a file, normalised).")
+    p.add_argument("action", choices=["show", "validate", "schema"])
+    p.add_argument("file", nargs="?", help="config YAML (default: embedded)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from trace_inversion.cli_options import print_json
+
+    if args.action == "show":
+        print(load_config(args.file).to_yaml() if args.file else DEFAULT_CONFIG_PATH.read_text(), end="")
+    elif args.action == "schema":
+        print_json(RunConfig.model_json_schema())
+    else:
+        cfg = load_config(args.file)
+        print(f"OK: {args.file or 'embedded default'} is a valid config (run {cfg.name!r})")
+    return 0

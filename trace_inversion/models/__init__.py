@@ -13,7 +13,15 @@
   to one of these classes.
 """
 
-from trace_inversion.models.cached import CachedModel, model_for_step
-from trace_inversion.models.registry import BACKENDS, llm_from_config
+# Lazy: ``trace_inversion.models.cache`` (the cache file, the `cache` command) must not
+# import distilabel, so that ``trace-inversion --help`` stays fast.
+_EXPORTS = {"CachedModel": "cached", "model_for_step": "cached", "BACKENDS": "registry", "llm_from_config": "registry"}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["BACKENDS", "CachedModel", "llm_from_config", "model_for_step"]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

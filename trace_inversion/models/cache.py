@@ -163,20 +163,6 @@ class RequestCache:
         self.put(key, backend, model, payload, response)
         return response, False
 
-    async def acall(
-        self, backend: str, model: str, payload: dict, fn: Callable[[], Awaitable[Any]]
-    ) -> tuple[Any, bool]:
-        """Async twin of ``call`` (SQLite work is sub-millisecond, done inline)."""
-        key = request_key(backend, model, payload)
-        hit = self.get(key)
-        if hit is not None:
-            self.hits += 1
-            return hit, True
-        self.misses += 1
-        response = self.clean(await fn())
-        self.put(key, backend, model, payload, response)
-        return response, False
-
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
@@ -316,3 +302,21 @@ class BudgetLedger:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+# ----------------------------------------------------------------------------- the `cache` command
+def add_parser(subparsers) -> None:
+    """The ``cache`` command."""
+    p = subparsers.add_parser("cache", help="tool: statistics of a request cache file")
+    p.add_argument("path")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from trace_inversion.cli_options import print_json
+    from trace_inversion.errors import UserError
+
+    if not Path(args.path).exists():
+        raise UserError(f"no cache at {args.path}")
+    print_json(RequestCache(args.path).stats())
+    return 0

@@ -25,7 +25,7 @@ import time
 from typing import Any, Optional
 
 from trace_inversion.models.cache import RequestCache, model_signature, request_key
-from trace_inversion.models.clients import Budget, CallResult, Usage, cost_of, retry_seed, with_retry
+from trace_inversion.models.clients import Budget, CallResult, Usage, retry_seed, with_retry
 from trace_inversion.models.project import ProjectLLM
 
 Messages = list[dict]
@@ -49,7 +49,7 @@ class CachedModel:
         self._own_usage = self.project and hasattr(type(llm), "usage")  # the API/toy clients count theirs
         if self.project and hasattr(llm, "bind_budget"):
             llm.bind_budget(budget)
-        elif budget is not None and budget.cap is not None:
+        elif not self.project and budget is not None and budget.cap is not None:
             raise ValueError(f"budget_usd applies to the project's API backends; {type(llm).__name__} has no "
                              "price; fix: remove the budget or use openai-responses / openai-chat")
         self._loaded = False
@@ -95,6 +95,11 @@ class CachedModel:
             for f in vars(u):
                 setattr(u, f, getattr(u, f) + getattr(src, f))
         return u
+
+    @property
+    def paid_output_tokens(self) -> int:
+        """Output tokens generated in this run (cache hits excluded)."""
+        return self.usage.output_tokens - self.hits.output_tokens
 
     @property
     def load_seconds(self) -> float:
@@ -175,8 +180,10 @@ class CachedModel:
         t0 = time.monotonic()
         async with self._sem:
             try:
-                out = await self.llm.agenerate(input=messages, num_generations=1,
-                                               **(getattr(self.llm, "generation_kwargs", None) or {}))
+                kw = dict(getattr(self.llm, "generation_kwargs", None) or {})
+                if getattr(self.llm, "_num_generations_param_supported", True):
+                    kw["num_generations"] = 1  # (Anthropic, Mistral, Groq, ... take no such argument)
+                out = await self.llm.agenerate(input=messages, **kw)
             except Exception as e:
                 return CallResult(False, error=f"{type(self.llm).__name__}: {type(e).__name__}: {str(e)[:300]}",
                                   attempts=1, latency_s=time.monotonic() - t0)
@@ -189,7 +196,11 @@ class CachedModel:
                          retries: Optional[list[int]] = None) -> list[CallResult]:
         seeds = seeds or [None] * len(batch)
         retries = retries or [0] * len(batch)
-        return list(await asyncio.gather(*(self.query(m, sd, rt) for m, sd, rt in zip(batch, seeds, retries))))
+        done = await asyncio.gather(*(self.query(m, sd, rt) for m, sd, rt in zip(batch, seeds, retries)),
+                                    return_exceptions=True)
+        # one request's unexpected error is that row's reason, never the batch's
+        return [r if isinstance(r, CallResult) else
+                CallResult(False, error=f"internal error: {type(r).__name__}: {str(r)[:300]}") for r in done]
 
     def query_many_sync(self, batch: list[Messages], seeds: Optional[list[Optional[int]]] = None,
                         retries: Optional[list[int]] = None) -> list[CallResult]:

@@ -1,11 +1,12 @@
-"""Model clients: one interface over every backend, every call through the cache.
+"""Request clients of the API and toy backends: one paid request at a time, uncached.
 
-``make_client(model_config, cache)`` returns a client with
-``async query(messages) -> CallResult`` and ``query_many(list_of_messages)``. Every
-successful response is normalised to ``{"answer", "summary", "trace", "usage",
-"finish_reason"}`` and committed to the request cache before it is returned; failures
-are returned as ``CallResult(ok=False, error=...)`` with the reason, never raised, so
-the caller can route the row to ``failures``.
+``request_client(model_config)`` returns the client a project LLM
+(``models.project``) calls on a cache miss: ``async call(messages, seed) ->
+CallResult`` with retries and the budget; the one cache path is ``models.CachedModel``
+(``make_client(cfg, cache)`` builds that around the registry's LLM). Every successful
+response is normalised to ``{"answer", "summary" | "reasoning", "usage",
+"finish_reason"}``; failures are returned as ``CallResult(ok=False, error=...)`` with
+the reason, never raised, so the caller can route the row to ``failures``.
 
 What is sent: local roles decode with the paper's presets; API targets are sent only the
 sampling fields the config sets, and the config refuses, before any call, fields their
@@ -347,9 +348,6 @@ class BaseClient:
     async def _call(self, messages: Messages, seed: Optional[int] = None) -> dict:
         raise NotImplementedError
 
-    def present(self, response: dict) -> dict:
-        return response
-
     def reservation(self, messages: Messages) -> float:
         """What an attempt reserves from the budget (its worst case)."""
         c = max_cost(self.cfg, messages)
@@ -522,9 +520,6 @@ class _OpenAIBase(BaseClient):
             except openai.OpenAIError as e:  # e.g. no key: every request would be refused
                 raise PermanentError(f"cannot create the OpenAI client: {e}") from None
         return self._client
-
-    def present(self, response: dict) -> dict:
-        return present(response, self.cfg.reasoning_kind)
 
     def key_payload(self, body: dict, messages: Messages, seed: Optional[int]) -> dict:
         """The cache-key payload: the request body as sent (less what does not change

@@ -1,5 +1,5 @@
 """A model role from its YAML config, behind the request cache (for code that is given a
-``ModelConfig``, such as verifiers and evaluation; steps are given an ``llm``)."""
+``ModelConfig`` dict, such as the LLM-judge verifier; steps are given an ``llm``)."""
 
 from __future__ import annotations
 

@@ -54,13 +54,21 @@ class LocalLLM(ProjectLLM):
         raise NotImplementedError
 
     def generate(self, inputs: list[Messages], num_generations: int = 1,
-                 seeds: Optional[list[Optional[int]]] = None) -> list[dict]:
+                 seeds: Optional[list[Optional[int]]] = None, temperature: Optional[float] = None,
+                 top_p: Optional[float] = None, top_k: Optional[int] = None, max_new_tokens: Optional[int] = None,
+                 repetition_penalty: Optional[float] = None) -> list[dict]:
         """distilabel's contract (``generations``, ``statistics``), plus ``responses``.
 
         Args:
             inputs: the conversations.
             num_generations: samples per conversation (replaces the configured n).
-            seeds: a sampling seed per conversation (default: the configured seed)."""
+            seeds: a sampling seed per conversation (default: the configured seed).
+            temperature: sampling temperature (as ``generation_kwargs``, which a distilabel
+                Task also passes here: they are already part of the model's config).
+            top_p: nucleus sampling (likewise).
+            top_k: top-k sampling (likewise).
+            max_new_tokens: the output cap (likewise).
+            repetition_penalty: the repetition penalty (likewise)."""
         seeds = seeds or [self.default_seed] * len(inputs)
         self._n = num_generations if num_generations != self.cfg.sampling.n else None
         try:
@@ -70,6 +78,7 @@ class LocalLLM(ProjectLLM):
         result = []
         for r in outs:
             samples = r.get("samples") or [r]
-            out = generate_output([dict(s, usage=r["usage"]) for s in samples])
+            # the request's usage on its first sample only (statistics are summed per sample)
+            out = generate_output([dict(s, usage=r["usage"] if k == 0 else {}) for k, s in enumerate(samples)])
             result.append(out)
         return result

@@ -28,6 +28,12 @@ def place(llm: CudaDevicePlacementMixin) -> None:
     """Assign the LLM its devices (call in ``load``, before torch or vLLM start)."""
     if llm.disable_cuda_device_placement:
         return
+    if llm._llm_identifier is None:
+        # not inside a distilabel step (evaluation, a verifier's judge): no claim in the
+        # pipeline's device map, which nothing would release; the process's own devices
+        if llm.cuda_devices == "auto":
+            llm.cuda_devices = []
+        return
     if gpu_count() == 0:
         if llm.cuda_devices == "auto":
             llm.cuda_devices = []

@@ -85,7 +85,7 @@ class ProjectLLM(BaseModel):
         d["model"] = cfg.model
         if cfg.sampling is not None:
             d["sampling"] = cfg.sampling.model_dump(mode="json")
-        return cls(**d, **kw)
+        return cls(**{**d, **kw})
 
 
 class _RequestLLM(ProjectLLM, AsyncLLM):
@@ -124,14 +124,23 @@ class _RequestLLM(ProjectLLM, AsyncLLM):
         if self._client is not None:
             await self._client.aclose()
 
-    async def agenerate(self, input: Messages, num_generations: int = 1, seed: Optional[int] = None) -> dict:
+    async def agenerate(self, input: Messages, num_generations: int = 1, seed: Optional[int] = None,
+                        temperature: Optional[float] = None, top_p: Optional[float] = None,
+                        top_k: Optional[int] = None, max_new_tokens: Optional[int] = None,
+                        repetition_penalty: Optional[float] = None) -> dict:
         """distilabel's contract: ``{"generations": [...], "statistics": {...}}``, plus
         ``responses`` (the normalised responses: answer, summary/trace, usage).
 
         Args:
             input: the conversation.
             num_generations: requests sent (each one sample).
-            seed: the request's sampling seed (where the backend takes one)."""
+            seed: the request's sampling seed (where the backend takes one).
+            temperature: sampling temperature (as ``generation_kwargs``, which a distilabel
+                Task also passes here: they are already part of the model's config).
+            top_p: nucleus sampling (likewise).
+            top_k: top-k sampling (likewise).
+            max_new_tokens: the output cap (likewise).
+            repetition_penalty: the repetition penalty (likewise)."""
         outs = []
         for _ in range(num_generations):
             r = await self.call(input, seed)
@@ -180,5 +189,5 @@ class ToyLLM(_RequestLLM):
         return {"world": ToyWorld.from_config(ToyWorldConfig.model_validate(self.world))}
 
     def key_payload(self, messages: Messages, seed: Optional[int] = None) -> dict:
-        return dict(super().key_payload(messages, seed),
-                    world=ToyWorldConfig.model_validate(self.world).model_dump(mode="json"))
+        world = ToyWorldConfig.model_validate(self.world).model_dump(mode="json", exclude={"n_train", "n_test"})
+        return dict(super().key_payload(messages, seed), world=world)  # dataset sizes change no response

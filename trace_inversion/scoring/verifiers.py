@@ -10,7 +10,8 @@ Verified synthesis (``steps/inversion.py``) runs the configured verifiers
 - ``judge``: an LLM judge on any backend, through the request cache, asked with
   ProcessBench's protocol for the index of the earliest wrong paragraph, or -1, in
   ``\\boxed{}`` (``JUDGE_TEMPLATE``, ``parse_judge_index``);
-- ``prm``: a process reward model in the Qwen2.5-Math-PRM format (``PRMVerifier``).
+- ``prm``: a process reward model in the Qwen2.5-Math-PRM format (``PRMVerifier``), run
+  with transformers or with vLLM's reward pooling (``prm_vllm``).
 
 Contract. A verifier has a ``name`` and three methods:
 
@@ -32,8 +33,8 @@ ProcessBench and Qwen2.5-Math-PRM use); a trace with no blank line but several l
 (the toy world's one step per line) is split on lines.
 
 Verifiers are pure functions over their inputs except ``judge`` (model calls, cached)
-and ``prm`` (a transformers model, loaded lazily in the process that verifies: a
-distilabel step's worker, never the process that forks it).
+and ``prm`` (a transformers model or a vLLM engine, loaded lazily in the process that
+verifies: a distilabel step's worker, never the process that forks it).
 """
 
 from __future__ import annotations
@@ -296,17 +297,17 @@ def parse_judge_index(text: Optional[str], n_steps: Optional[int] = None) -> tup
 
 
 class JudgeVerifier:
-    """An LLM judge (any backend of ``ModelConfig``) through the request cache.
+    """An LLM judge (any backend of ``ModelConfig``, or any distilabel LLM) through the request cache.
 
     Each sample's steps go to the judge as ProcessBench paragraphs; -1 passes, k is
     wrong at step k, an unreadable answer or a failed call cannot verify."""
 
     name = "judge"
 
-    def __init__(self, model: dict, cache_path: str, toy_world: Optional[dict] = None,
+    def __init__(self, model: Optional[dict], cache_path: str, toy_world: Optional[dict] = None,
                  budget_usd: Optional[float] = None, max_model_len: Optional[int] = None,
-                 budget_scope: Optional[str] = None):
-        self.model, self.cache_path, self.toy_world = model, cache_path, toy_world
+                 budget_scope: Optional[str] = None, llm=None):
+        self.model, self.cache_path, self.toy_world, self.llm = model, cache_path, toy_world, llm
         self.budget_usd, self.max_model_len, self.budget_scope = budget_usd, max_model_len, budget_scope
         self._gen = None
 
@@ -315,8 +316,14 @@ class JudgeVerifier:
             from trace_inversion.models.generation import model_generator
 
             # the run's budget: the judge's spending draws on the same cap as the inverter's
-            self._gen = model_generator(self.model, self.cache_path, self.toy_world, self.budget_usd,
-                                        self.budget_scope, self.max_model_len)
+            if self.llm is not None:  # any distilabel LLM, through the same request cache
+                from trace_inversion.models import model_for_step
+
+                self._gen = model_for_step(self.llm, self.cache_path, self.budget_usd, self.budget_scope)
+            else:
+                self._gen = model_generator(self.model, self.cache_path, self.toy_world, self.budget_usd,
+                                            self.budget_scope, self.max_model_len)
+            self._gen.load()
         return self._gen
 
     @property
@@ -359,10 +366,11 @@ class JudgeVerifier:
 
 # ----------------------------------------------------------------------------- PRM
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+PRM_ENGINES = ("transformers", "vllm")
 
 
 class PRMVerifier:
-    """A process reward model in the Qwen2.5-Math-PRM format, run with transformers.
+    """A process reward model in the Qwen2.5-Math-PRM format, run with transformers or vLLM.
 
     The input is the chat ``[system: QWEN_PRM_SYSTEM, user: problem, assistant: steps
     joined by the step token, with one after the last]`` (plain ``problem\\n\\n...``
@@ -372,12 +380,22 @@ class PRMVerifier:
     the softmax probability of class 1 at the k-th step token (a 1-logit head: its
     sigmoid). The first step whose reward is below ``threshold`` is the first wrong
     step; a trace longer than ``max_length`` tokens cannot be verified.
+
+    ``engine="vllm"`` runs the same model with vLLM's reward pooling instead
+    (``prm_vllm.VLLMStepRewards``: STEP pooling at the step token, on vLLM's
+    ``Qwen2ForProcessRewardModel``, the Qwen2.5-Math-PRM architecture): the same prompt
+    tokens (tokenized here), the same rewards. ``vllm_kwargs`` go to ``vllm.LLM``
+    (e.g. ``gpu_memory_utilization`` beside another engine on the same GPU).
     """
 
     name = "prm"
 
     def __init__(self, model: str, threshold: float = 0.5, step_token: str = "<extra_0>", max_length: int = 4096,
-                 batch_size: int = 8, trust_remote_code: bool = False, system_prompt: str = QWEN_PRM_SYSTEM):
+                 batch_size: int = 8, trust_remote_code: bool = False, system_prompt: str = QWEN_PRM_SYSTEM,
+                 engine: str = "transformers", vllm_kwargs: Optional[dict] = None):
+        if engine not in PRM_ENGINES:
+            raise ValueError(f"unknown PRM engine {engine!r}; fix: one of {list(PRM_ENGINES)}")
+        self.engine, self.vllm_kwargs = engine, dict(vllm_kwargs or {})
         self.model_path, self.threshold, self.step_token = model, threshold, step_token
         self.max_length, self.batch_size, self.trust_remote_code = max_length, batch_size, trust_remote_code
         self.system_prompt = system_prompt
@@ -386,7 +404,6 @@ class PRMVerifier:
     def load(self) -> None:
         if self._model is not None:
             return
-        import torch
         from transformers import AutoConfig, AutoModel, AutoModelForTokenClassification, AutoTokenizer
 
         trc = self.trust_remote_code
@@ -395,6 +412,16 @@ class PRMVerifier:
         if len(ids) != 1:
             raise ValueError(f"the PRM's tokenizer splits the step token {self.step_token!r} into {len(ids)} tokens; "
                              "fix: set invert.prm_step_token to the model's step separator (Qwen2.5-Math-PRM: <extra_0>)")
+        if self.engine == "vllm":
+            from trace_inversion.scoring.prm_vllm import VLLMStepRewards
+
+            engine = VLLMStepRewards(self.model_path, ids[0], max_length=self.max_length, trust_remote_code=trc,
+                                     extra_kwargs=self.vllm_kwargs)
+            engine.load()  # caps max_length at the engine's max_model_len
+            self._model, self._tok, self._sep, self.max_length = engine, tok, ids[0], engine.max_length
+            return
+        import torch
+
         conf = AutoConfig.from_pretrained(self.model_path, trust_remote_code=trc)
         if trc and "AutoModel" in (getattr(conf, "auto_map", None) or {}):
             model = AutoModel.from_pretrained(self.model_path, trust_remote_code=True, torch_dtype="auto")
@@ -416,10 +443,12 @@ class PRMVerifier:
 
     def step_rewards(self, items: list[tuple[str, list[str]]]) -> list[Optional[list[float]]]:
         """Per-step rewards of each ``(problem, steps)``; None for an input over ``max_length``."""
-        import torch
-
         self.load()
         encoded = [self._tok(self.prompt(p, st), add_special_tokens=False)["input_ids"] for p, st in items]
+        if self.engine == "vllm":
+            return self._model.step_rewards(encoded, max_length=self.max_length)
+        import torch
+
         out: list[Optional[list[float]]] = [None] * len(items)
         fits = [i for i, ids in enumerate(encoded) if len(ids) <= self.max_length]
         pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
@@ -460,6 +489,8 @@ class PRMVerifier:
         return out
 
     def close(self) -> None:
+        if self._model is not None and self.engine == "vllm":
+            self._model.close()
         self._model = None
 
 
@@ -473,7 +504,7 @@ def make_verifiers(names: list[str], judge: Optional[dict] = None, prm: Optional
         elif n == "steps":
             out.append(ToyStepsVerifier())
         elif n == "judge":
-            if not judge or not judge.get("model"):
+            if not judge or not (judge.get("model") or judge.get("llm") is not None):
                 raise ValueError("the judge verifier needs a judge model; fix: add models.judge to the config")
             out.append(JudgeVerifier(**judge))
         elif n == "prm":
