@@ -134,7 +134,10 @@ class InvertTraces(ModelStep):
     unverifiable: Literal["keep", "reject"] = "keep"
     verifiers: list[str] = Field(default_factory=lambda: ["answer"])
     judge_model: Optional[dict] = None
-    judge_llm: Optional[LLM] = Field(None, description="The judge as any distilabel LLM (instead of judge_model).")
+    # exclude=True: not in the pipeline's YAML (distilabel's cache reload copies it from the
+    # live step instead of recursing into a None, which fails)
+    judge_llm: Optional[LLM] = Field(None, exclude=True,
+                                     description="The judge as any distilabel LLM (instead of judge_model).")
     prm: Optional[dict] = None
     answer_column: str = "target_answer"
     summary_column: str = "target_summary"
