@@ -25,6 +25,25 @@ import time
 from pathlib import Path
 
 
+RAW = r"""
+import json, sys, time
+from vllm import LLM, SamplingParams
+
+job = json.loads(open(sys.argv[1]).read())
+t = time.perf_counter()
+llm = LLM(model=job["model"], dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+          enable_chunked_prefill=False)  # as the project's VLLM does on CPU (seeded requests)
+start_s = time.perf_counter() - t
+params = [SamplingParams(n=1, temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.05,
+                         max_tokens=job["max_new_tokens"], seed=job["seed"]) for _ in job["convs"]]
+t = time.perf_counter()
+outs = llm.chat(job["convs"], params, use_tqdm=False)
+raw_s = time.perf_counter() - t
+print(json.dumps({"start_s": start_s, "raw_s": raw_s, "raw_tokens": sum(len(o.outputs[0].token_ids) for o in outs)}))
+llm.llm_engine.engine_core.shutdown()
+"""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=2048)
@@ -50,23 +69,21 @@ def main() -> None:
     rows = load_inversion_rows(cfg)
     convs = [inverter_messages(r["problem"], r["target_answer"], r["target_summary"]) for r in rows]
 
-    # the pipeline's engine mode (models/vllm.py): in-process, the same KV cache space
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from vllm import LLM, SamplingParams
+    # The raw baseline runs in a child process, with the engine in-process there, as the
+    # pipeline's VLLM runs it inside its distilabel step; this process stays torch-free
+    # (distilabel forks its workers from it: a fork after torch ran here can deadlock).
+    import subprocess
 
-    t = time.perf_counter()
-    llm = LLM(model=str(model), dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
-              enable_chunked_prefill=False)  # as the project's engine does on CPU (seeded requests)
-    start_s = time.perf_counter() - t
-    params = [SamplingParams(n=1, temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.05,
-                             max_tokens=a.max_new_tokens, seed=cfg.seed) for _ in convs]
-    t = time.perf_counter()
-    outs = llm.chat(convs, params, use_tqdm=False)
-    raw_s = time.perf_counter() - t
-    raw_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-    llm.llm_engine.engine_core.shutdown()
-    del llm
+    job = work / "raw.json"
+    job.write_text(json.dumps({"model": str(model), "convs": convs, "max_new_tokens": a.max_new_tokens,
+                               "seed": cfg.seed}))
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    r = subprocess.run([sys.executable, "-c", RAW, str(job)], env=env, capture_output=True, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise SystemExit(f"raw baseline failed: {r.stderr[-2000:]}")
+    raw = json.loads(r.stdout.strip().splitlines()[-1])
+    start_s, raw_s, raw_tokens = raw["start_s"], raw["raw_s"], raw["raw_tokens"]
 
     t = time.perf_counter()
     stats = run_invert(cfg, rows)

@@ -96,7 +96,7 @@ class ModelStep(Step):
                 # where the engine ran: distilabel's placement sets CUDA_VISIBLE_DEVICES per step
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "cuda_devices": getattr(self.llm, "cuda_devices", None)}
-        gen_s = self._seconds - self._gen.load_seconds
+        gen_s = self._seconds  # the engine is loaded in load(), outside the model calls timed here
         data["generation_seconds"] = round(gen_s, 3)
         data["output_tokens_per_s"] = round(self._gen.paid_output_tokens / gen_s, 1) if gen_s > 0 else None
         p = self.timings_path()
