@@ -198,8 +198,9 @@ def run_batch_api(cfg: RunConfig, rows: list[dict]) -> dict:
                                    f"requests at half price) does not fit budget_usd (${cfg.budget_usd}): a batch "
                                    "is paid as a whole once submitted; fix: raise budget_usd, lower sampling."
                                    "max_new_tokens, or query fewer rows (data.subset)"])
-        reqs = [BatchRequest(key=direct.key(m), body={"model": t.model, **raw.body(m)}, key_payload=direct.payload(m),
-                             model=direct.llm.model_key, backend=direct.backend) for m in todo]
+        payloads = [direct.payload(m) for m in todo]
+        reqs = [BatchRequest(key=direct.key_of(pl), body={"model": t.model, **raw.body(m)}, key_payload=pl,
+                             model=direct.model_key, backend=direct.backend) for m, pl in zip(todo, payloads)]
         report = run_batch(reqs, cache=cache, parse=lambda body: dict(parser(body), price_factor=0.5),
                            state_dir=cfg.resolved_cache_path.resolve().parent / "batches",
                            run_tag=f"{cfg.name}/target", endpoint="/v1/responses" if responses else

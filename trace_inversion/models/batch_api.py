@@ -12,7 +12,7 @@ Use::
     direct = make_client(cfg, cache)        # the direct path: its keys and cache payloads
     raw = OpenAIResponsesClient(cfg)        # the body it would send
     reqs = [BatchRequest(key=direct.key(m), body={"model": cfg.model, **raw.body(m)},
-                         key_payload=direct.payload(m), model=direct.llm.model_key,
+                         key_payload=direct.payload(m), model=direct.model_key,
                          backend=direct.backend)
             for m in conversations]
     report = run_batch(reqs, cache=cache, parse=parse_responses_output, endpoint="/v1/responses",

@@ -82,9 +82,16 @@ class CachedModel:
         return with_retry({"messages": messages, "params": kwargs, "n": 1, "attempt_seed": seed,
                            "server": getattr(self.llm, "base_url", None)}, retry)
 
+    @property
+    def model_key(self) -> str:
+        """The model's id in request keys (a local folder's includes its files' signature)."""
+        return self.llm.model_key if self.project else self._foreign_model
+
+    def key_of(self, payload: dict) -> str:
+        return request_key(self.backend, self.model_key, payload)
+
     def key(self, messages: Messages, seed: Optional[int] = None, retry: int = 0) -> str:
-        model = self.llm.model_key if self.project else self._foreign_model
-        return request_key(self.backend, model, self.payload(messages, seed, retry))
+        return self.key_of(self.payload(messages, seed, retry))
 
     # ------------------------------------------------------------------ accounting
     @property
@@ -129,8 +136,7 @@ class CachedModel:
     def _commit(self, key: str, payload: dict, response: dict) -> dict:
         self.cache.misses += 1
         response = self.cache.clean(response)
-        model = self.llm.model_key if self.project else self._foreign_model
-        self.cache.put(key, self.backend, model, payload, response)
+        self.cache.put(key, self.backend, self.model_key, payload, response)
         if not self._own_usage:
             self.misses.add(response.get("usage", {}), 0.0, False)
         return response
@@ -161,7 +167,7 @@ class CachedModel:
     # async LLMs -------------------------------------------------------------
     async def query(self, messages: Messages, seed: Optional[int] = None, retry: int = 0) -> CallResult:
         payload = self.payload(messages, seed, retry)
-        key = request_key(self.backend, self.llm.model_key if self.project else self._foreign_model, payload)
+        key = self.key_of(payload)
         hit = self._hit(key)
         if hit is not None:
             return hit
@@ -225,8 +231,7 @@ class CachedModel:
         seeds = seeds or [self.default_seed] * len(batch)
         retries = retries or [0] * len(batch)
         payloads = [self.payload(m, sd, rt) for m, sd, rt in zip(batch, seeds, retries)]
-        model = self.llm.model_key if self.project else self._foreign_model
-        keys = [request_key(self.backend, model, p) for p in payloads]
+        keys = [self.key_of(p) for p in payloads]
         results: list[Optional[CallResult]] = [None] * len(batch)
         misses = []
         for i, k in enumerate(keys):
