@@ -1,7 +1,9 @@
-"""The paper's claim in the toy world, on several seeds: runs `trace-inversion demo`
-at full size and prints JSON with each target of the demo issue checked per seed:
-oracle >= 95%, inverted(verified) - summary+answer >= 30 points, inverted > surrogate
-traces, verified >= unfiltered, and the whole run's minutes per seed (goal <= 10).
+"""The paper's claims in the toy world, on several seeds: runs `trace-inversion demo`
+at full size and prints JSON with, per seed, the demo's own targets (the oracle
+student >= 95%, so the students can learn the task; <= 10 minutes per seed on 2
+cores) and, over the seeds, each claim's verdict as it fell (supported, not
+supported, or within noise: see pipelines/demo/report.py `claim_verdicts`). The claims
+are measured, not targets: nothing here fails when one does not hold.
 Writes benchmarks/demo_results.md with the report.
 
 Run: python benchmarks/demo.py [--seeds 3] [--output runs/demo-bench]
@@ -29,26 +31,21 @@ def main() -> None:
 
         report = run_demo(output=a.output, seeds=a.seeds)
     stats = json.loads((Path(a.output) / "stats.json").read_text())
-    a.seeds = len(stats["runs"])
-    checks = []
-    for r in stats["runs"]:
-        acc = r["accuracy"]
-        checks.append({
-            "seed": r["seed"], "minutes": round(r["seconds"] / 60, 2),
-            "oracle": acc.get("target_traces"), "oracle_ge_95": acc.get("target_traces", 0) >= 0.95,
-            "inverted_minus_summary_points": round(100 * (acc["inverted_verified"] - acc["summary_answer"]), 1),
-            "inverted_minus_summary_ge_30": acc["inverted_verified"] - acc["summary_answer"] >= 0.30,
-            "inverted_gt_surrogate": acc["inverted_verified"] > acc["surrogate_traces"],
-            "verified_ge_unfiltered": acc["inverted_verified"] >= acc["inverted_unfiltered"],
-            "minutes_le_10": r["seconds"] <= 600,
-        })
-    out = {"benchmark": "demo", "seeds": a.seeds,
+    checks = [{"seed": r["seed"], "minutes": round(r["seconds"] / 60, 2), "oracle": r["accuracy"].get("target_traces"),
+               "oracle_ge_95": r["accuracy"].get("target_traces", 0) >= 0.95, "minutes_le_10": r["seconds"] <= 600}
+              for r in stats["runs"]]
+    out = {"benchmark": "demo", "seeds": len(stats["runs"]),
            "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-           "per_seed": checks, "all_targets_met": all(all(v for k, v in c.items() if isinstance(v, bool)) for c in checks)}
+           "per_seed": checks, "accuracy_mean_sd": stats.get("accuracy"),
+           "claims": [{k: c.get(k) for k in ("claim", "verdict", "mean_difference", "noise", "per_seed")}
+                      for c in stats.get("claims", [])],
+           "demo_targets_met": all(c["oracle_ge_95"] and c["minutes_le_10"] for c in checks)}
     print(json.dumps(out, indent=2))
     Path(__file__).with_name("demo_results.md").write_text(
-        report.split("\nWrote ")[0] + "\n\n## Targets per seed\n\n```json\n" + json.dumps(out, indent=2) + "\n```\n"
-        "\nHow the sizes were chosen: `benchmarks/demo_calibration.md`.\n")
+        report.split("\nWrote ")[0] + "\n\n## Figures (JSON)\n\n```json\n" + json.dumps(out, indent=2) + "\n```\n"
+        f"\nRun: `python benchmarks/demo.py --seeds {len(stats['runs'])}` (or `trace-inversion demo --seeds "
+        f"{len(stats['runs'])}`), alone on the machine named above.\n"
+        "How the sizes were chosen: `benchmarks/demo_calibration.md`.\n")
 
 
 if __name__ == "__main__":

@@ -143,22 +143,28 @@ def toy_step_share(rows: list[dict], trace_key: str) -> float | None:
     return round(sum(check_steps(p, t or "")["all_correct"] for p, t in probs) / len(probs), 4)
 
 
-def run_invert(cfg: RunConfig, rows: list[dict] | None = None) -> dict:
-    """Run the stage (``Stage``: reused when finished with the same inputs); returns its stats."""
+def run_invert(cfg: RunConfig, rows: list[dict] | None = None, folder: str = STAGES["invert"]["folder"]) -> dict:
+    """Run the stage (``Stage``: reused when finished with the same inputs) into
+    ``<output.dir>/<folder>``; returns its stats. The demo runs it twice, with
+    ``verifiers: [answer]`` and ``[answer, steps]``, into two folders: the samples both
+    draw are the same cached requests, so the second run pays only for its resamples."""
     rows = rows if rows is not None else load_inversion_rows(cfg)
     ref = length_reference(cfg, rows)
     # the length filter's surrogate reference changes the output: part of the fingerprint (only when used)
-    stage = Stage(cfg, "invert", rows, folder=STAGES["invert"]["folder"], label="invert", summary=summary,
+    label = "invert" if folder == STAGES["invert"]["folder"] else folder.replace("_", "-")
+    stage = Stage(cfg, "invert", rows, folder=folder, label=label, summary=summary,
                   templates=templates(cfg), inputs={"length_reference": ref} if ref is not None else None)
-    return stage.run(lambda: invert_output(cfg, rows, stage.templates, ref))
+    return stage.run(lambda: invert_output(cfg, rows, stage.templates, ref, label))
 
 
-def invert_output(cfg: RunConfig, rows: list[dict], prompts: dict, reference_length: float | None = None) -> Output:
-    """Run the pipeline on ``rows`` and sort its rows into the stage's configs."""
+def invert_output(cfg: RunConfig, rows: list[dict], prompts: dict, reference_length: float | None = None,
+                  label: str = "invert") -> Output:
+    """Run the pipeline on ``rows`` and sort its rows into the stage's configs
+    (``label``: the stage's console name and log file)."""
     from trace_inversion.scoring.metrics import corpus_metrics, pair_metrics
 
     ic = cfg.invert
-    result = reorder(run_pipeline(build_pipeline(cfg, rows, prompts, reference_length), cfg, "invert"),
+    result = reorder(run_pipeline(build_pipeline(cfg, rows, prompts, reference_length), cfg, label),
                      [r["id"] for r in rows])
     crashed_rows(result, "inverter_model", "inversion_reason")
     gt = ic.ground_truth_column
@@ -211,7 +217,7 @@ def invert_output(cfg: RunConfig, rows: list[dict], prompts: dict, reference_len
         stats["overlap_unfiltered"] = corpus_metrics([r.get("first_trace") for r in result],
                                                      [r.get(gt) for r in result])[1]
     stats["inverter_timings"] = step_timings(cfg, "invert")
-    stats.update(retry_stats(cfg, "invert"))
+    stats.update(retry_stats(cfg, "invert"))  # the step's name (its timings file), not the label
     steps_kept = toy_step_share(kept, "inverted_trace")
     if steps_kept is not None:
         stats["toy_all_steps_correct"] = {"kept": steps_kept, "unfiltered": toy_step_share(result, "first_trace")}
@@ -335,13 +341,20 @@ def add_parser(subparsers) -> None:
                                           "answer (verified synthesis); write inverted, unfiltered and rejected rows "
                                           "with reasons and overlap metrics.")
     add_config_args(p)
+    p.add_argument("--folder", default=STAGES["invert"]["folder"],
+                   help="output subfolder of output.dir (default inversion); e.g. a second run with "
+                        "invert.verifiers [answer, steps] into inversion_steps, for student-data --step-verified")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
     from trace_inversion.cli_options import claim, config_from, print_json
+    from trace_inversion.errors import UserError
 
+    if not args.folder or Path(args.folder).name != args.folder or args.folder in (".", ".."):
+        raise UserError(f"--folder {args.folder!r}: must be one folder name inside output.dir; fix: e.g. "
+                        "--folder inversion_steps")
     cfg = config_from(args, roles=("inverter", "judge"))
     claim(cfg.output.dir, args)
-    print_json(run_invert(cfg, load_inversion_rows(cfg)))
+    print_json(run_invert(cfg, load_inversion_rows(cfg), folder=args.folder))
     return 0

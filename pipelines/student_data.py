@@ -37,10 +37,15 @@ DEFAULT_CONDITIONS = ["answer_only", "summary_answer", "surrogate_traces", "inve
 # Conditions built here on top of FormatStudentSFT's: name -> (its condition, reasoning column).
 # inverted_with_unverifiable: verified traces plus the invert stage's `unverifiable` ones, only
 # when asked (invert.unverifiable_to_students or --conditions); inverted_verified never has them.
-DERIVED_CONDITIONS = {"inverted_with_unverifiable": ("inverted_verified", "kept_trace")}
+# inverted_step_verified: the verified traces of a second inversion whose verifiers include a
+# step-level one (e.g. `invert.verifiers: [answer, steps]`), given as `step_verified_dir`
+# (CLI: --step-verified FOLDER); with it, inverted_verified is the answer-verified condition.
+DERIVED_CONDITIONS = {"inverted_with_unverifiable": ("inverted_verified", "kept_trace"),
+                      "inverted_step_verified": ("inverted_verified", "step_verified_trace")}
 
 
-def join_sources(target_dir: Path, surrogate_dir: Optional[Path], inversion_dir: Optional[Path]) -> list[dict]:
+def join_sources(target_dir: Path, surrogate_dir: Optional[Path], inversion_dir: Optional[Path],
+                 step_verified_dir: Optional[Path] = None) -> list[dict]:
     rows = {r["id"]: dict(r) for r in read_split(target_dir, "target")}
     if surrogate_dir is not None:
         for r in read_split(surrogate_dir, "traces"):
@@ -57,20 +62,27 @@ def join_sources(target_dir: Path, surrogate_dir: Optional[Path], inversion_dir:
             for r in read_split(inversion_dir, "unverifiable"):
                 if r["id"] in rows and not rows[r["id"]].get("kept_trace"):
                     rows[r["id"]]["kept_trace"] = r["inverted_trace"]
+    if step_verified_dir is not None:
+        for r in read_split(step_verified_dir, "inverted"):
+            if r["id"] in rows:
+                rows[r["id"]]["step_verified_trace"] = r["inverted_trace"]
     keep = ["id", "problem", "target_answer", "target_summary", "target_trace", "surrogate_trace",
-            "surrogate_answer", "first_trace", "inverted_trace", "kept_trace"]
+            "surrogate_answer", "first_trace", "inverted_trace", "kept_trace", "step_verified_trace"]
     return [{k: r.get(k) for k in keep} for r in rows.values()]
 
 
 def run_student_data(cfg: RunConfig, target_dir: Path, surrogate_dir: Optional[Path] = None,
                      inversion_dir: Optional[Path] = None, conditions: Optional[list[str]] = None,
-                     stage: str = STAGES["student-data"]["folder"]) -> dict:
+                     stage: str = STAGES["student-data"]["folder"], step_verified_dir: Optional[Path] = None) -> dict:
     """Write ``<output.dir>/<stage>`` with one config per condition (see the module doc)."""
     conditions = list(conditions or DEFAULT_CONDITIONS)
     if cfg.invert.unverifiable_to_students and "inverted_verified" in conditions \
             and "inverted_with_unverifiable" not in conditions:
         conditions.append("inverted_with_unverifiable")
-    rows = join_sources(Path(target_dir), surrogate_dir and Path(surrogate_dir), inversion_dir and Path(inversion_dir))
+    if step_verified_dir is not None and "inverted_step_verified" not in conditions:
+        conditions.append("inverted_step_verified")
+    rows = join_sources(Path(target_dir), surrogate_dir and Path(surrogate_dir), inversion_dir and Path(inversion_dir),
+                        step_verified_dir and Path(step_verified_dir))
     # no model calls: --retry-failed has nothing to resend here
     run = Stage(cfg, "student-data", rows, folder=stage, summary=summary, inputs={"conditions": conditions},
                 templates=stage_templates(cfg, "student_user", "student_response"), calls_models=False)
@@ -248,6 +260,9 @@ def add_parser(subparsers) -> None:
                    help="first run models.surrogate on the target's problems (-> <output.dir>/surrogate_on_targets; "
                         "same as students.run_surrogate: true): the data of the surrogate_traces condition")
     p.add_argument("--inversion", help="invert folder (default <output.dir>/inversion)")
+    p.add_argument("--step-verified", metavar="FOLDER",
+                   help="a second invert folder whose verifiers include a step-level one (e.g. invert.verifiers: "
+                        "[answer, steps]): adds the condition inverted_step_verified (its verified traces)")
     p.add_argument("--conditions", help="comma-separated subset of conditions")
     p.set_defaults(func=main)
 
@@ -284,8 +299,13 @@ def main(args) -> int:
         surrogate = Path(args.surrogate)
     else:
         surrogate = base / SURROGATE_STAGE if (base / SURROGATE_STAGE / "data" / "traces").is_dir() else None
+    step_verified = Path(args.step_verified) if args.step_verified else None
+    if step_verified is not None and not (step_verified / "data" / "inverted").is_dir():
+        raise UserError(f"--step-verified {step_verified} holds no invert output (data/inverted); fix: run invert "
+                        "with a step-level verifier into that folder first")
     stats = run_student_data(cfg, target, surrogate, inversion,
-                             args.conditions.split(",") if args.conditions else DEFAULT_CONDITIONS)
+                             args.conditions.split(",") if args.conditions else DEFAULT_CONDITIONS,
+                             step_verified_dir=step_verified)
     for c, why in (stats.get("empty") or {}).items():
         print(f"note: condition {c} is empty: {why}", file=sys.stderr)
     print_json(stats)

@@ -24,7 +24,7 @@ from trace_inversion import config
 from trace_inversion.models import cache
 from trace_inversion.errors import UserError
 from trace_inversion.hub_cards import publish, review
-from trace_inversion.pipelines import build_inverter_data, demo, invert, query_target, student_data
+from trace_inversion.pipelines import audit, build_inverter_data, demo, invert, query_target, student_data
 
 EPILOG = """\
 Pipelines run on a YAML config (default: the embedded toy world, offline, no key).
@@ -34,8 +34,8 @@ Start a config from `trace-inversion config show > my.yaml`."""
 
 # The commands in --help order: each adds its subparser, with ``func`` its main.
 COMMANDS = (demo.add_parser, query_target.add_parser, build_inverter_data.add_parser, invert.add_parser,
-            training.add_parser, student_data.add_parser, evaluation.add_parser, publish.add_parser, review.add_parser,
-            config.add_parser, toy_world.add_parser, tiny_models.add_parser, cache.add_parser)
+            training.add_parser, student_data.add_parser, evaluation.add_parser, audit.add_parser, publish.add_parser,
+            review.add_parser, config.add_parser, toy_world.add_parser, tiny_models.add_parser, cache.add_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,24 +1,31 @@
 """The demo: the whole system end to end in the toy world, offline, on a CPU.
 
 Per world seed: query the programmatic target; build the inverter's data from the
-programmatic surrogate on the attacker's own problems; train a tiny inverter with the
-tiny recipe (``trl sft``); invert the target's answers + summaries with verified
-synthesis; publish local releases (git repository, one tag per version); build the
-student conditions; train one tiny student per condition; evaluate every student on
-held-out problems with the same matcher as the consistency filter. Prints a table of
-accuracy per condition plus trace overlap and filter rates, and writes ``report.md``,
+programmatic surrogate on the attacker's own problems (summaries by the attacker's
+compressor, which differs from the target's summariser: ``run.DEMO_WORLD``); train a
+tiny inverter with the tiny recipe (``trl sft``); invert the target's answers +
+summaries twice with verified synthesis, once with answer consistency and once with
+answer consistency + the toy world's exact step checker; publish local releases (git
+repository, one tag per version); build the student conditions, row-matched (every
+condition on the problems all of them have); train one tiny student per condition;
+evaluate every student on held-out problems with the same matcher as the consistency
+filter. The report gives accuracy per condition as mean and sd over seeds, a verdict
+per claim of the paper as it fell (supported, not supported, within noise), the
+step-correctness of every trace source and the filter counts: ``report.md``,
 ``results.png`` and ``stats.json``.
 
 Resumable: model calls replay from the request cache, finished trainings are reused,
 stage files are written atomically; run the same command again after Ctrl-C.
 
 ``run`` runs the seeds (and holds the ``demo`` command), ``scheduler`` the background
-trainings and evaluations, ``report`` the report and chart.
+trainings and evaluations, ``report`` the report, the verdicts and the chart.
 """
 
-from trace_inversion.pipelines.demo.report import LABELS, plot, render_report, same_data
-from trace_inversion.pipelines.demo.run import DEMO, add_parser, main, run_demo, run_seed
+from trace_inversion.pipelines.demo.report import (CLAIMS, DEMO_CONDITIONS, LABELS, claim_verdicts, plot, render_report,
+                                                    same_data)
+from trace_inversion.pipelines.demo.run import DEMO, DEMO_WORLD, add_parser, main, run_demo, run_seed
 from trace_inversion.pipelines.demo.scheduler import TrainQueue
 
-__all__ = ["DEMO", "LABELS", "TrainQueue", "add_parser", "main", "plot", "render_report", "run_demo", "run_seed",
+__all__ = ["CLAIMS", "DEMO", "DEMO_CONDITIONS", "DEMO_WORLD", "LABELS", "claim_verdicts", "TrainQueue", "add_parser",
+           "main", "plot", "render_report", "run_demo", "run_seed",
            "same_data"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from functools import partial
@@ -18,11 +19,12 @@ from trace_inversion.data.loading import load_rows
 from trace_inversion.hub_cards.publish import publish_local
 from trace_inversion.data.io import write_json
 from trace_inversion.pipelines.build_inverter_data import run_build_inverter_data
-from trace_inversion.pipelines.demo.report import LABELS, plot, render_report, same_data
+from trace_inversion.pipelines.demo.report import (DEMO_CONDITIONS, LABELS, claim_verdicts, plot, render_report,
+                                                    same_data)
 from trace_inversion.pipelines.demo.scheduler import TrainQueue
 from trace_inversion.pipelines.invert import run_invert
 from trace_inversion.pipelines.query_target import run_query_target
-from trace_inversion.pipelines.student_data import DEFAULT_CONDITIONS, SURROGATE_STAGE, run_student_data
+from trace_inversion.pipelines.student_data import SURROGATE_STAGE, run_student_data
 from trace_inversion.config.safe_paths import claim_dir
 from trace_inversion.toy.world import REFERENCE_COLUMN
 from trace_inversion.training.sft import TRAIN_THREADS_ENV, BackgroundRun, start_sft
@@ -31,6 +33,19 @@ from trace_inversion.training.sft import TRAIN_THREADS_ENV, BackgroundRun, start
 DEMO = {"n_train": 3000, "n_test": 300, "n_ops": 5, "inverter_steps": 1000, "student_steps": 500,
         "layers": 3, "max_new_tokens": 64, "parallel": 2}
 DEFAULT_OUTPUT = "runs/demo"
+# The demo's world (data.toy), chosen before any student was trained and not tuned towards
+# a result (README "The demo"; benchmarks/demo_calibration.md): the target reveals steps 2
+# and 4 (its answer, step 5); the surrogate's misconceptions (a fixed 20% of facts `a op b`,
+# always wrong the same way) fall on any step, hidden steps 1 and 3 included; the
+# attacker's compressor differs from the target's summariser in what it reveals: any step,
+# each value left out with probability 0.5. It keeps the target's phrasing: a tiny model
+# trained from scratch cannot read a paraphrase it never saw (with `compressor_style: is`
+# only 16% of first inverted samples reached the target's answer), so a phrasing gap would
+# measure the tokenizer, not the attack; `compressor_style` sets one.
+DEMO_WORLD = {"summary_every": 2, "summary_offset": 0, "summary_style": "gives",
+              "surrogate_errors": "systematic", "surrogate_reliable_steps": 0, "surrogate_error_rate": 0.2,
+              "compressor_every": 1, "compressor_offset": 0, "compressor_style": None, "compressor_drop": 0.5}
+STEP_FOLDER = "inversion_steps"
 
 
 def _log(msg: str) -> None:
@@ -51,7 +66,7 @@ def seed_overrides(seed: int, out: Path, size: dict, inverter_backend: str, over
         "name": f"demo-seed{seed}", "seed": seed,
         # the paper's premise: a surrogate that is systematically weaker (errors students inherit)
         "data": {"toy": {"seed": seed, "n_train": size["n_train"], "n_test": size["n_test"], "n_ops": size["n_ops"],
-                         "surrogate_errors": "systematic"}},
+                         **DEMO_WORLD}},
         "output": {"dir": str(out)},
         "models": {"inverter": {"backend": inverter_backend, "model": str(out / "models" / "inverter"),
                                 "sampling": gen}},
@@ -79,18 +94,23 @@ class SeedJobs:
         self.queue = TrainQueue(max(1, size["parallel"]))
 
     def start_inverter(self) -> BackgroundRun:
+        """The inverter trains alone (every student waits for the inversion its rows are
+        matched on), so it gets every thread the demo uses."""
         _log(f"seed {self.seed}: train the tiny inverter ({self.size['inverter_steps']} steps, trl sft)")
         return start_sft("tiny/inverter.yaml", {
             "model_name_or_path": self.base_model, "dataset_name": str(self.out / STAGES["build-inverter-data"]["folder"]),
             "dataset_config": "with_summary", "output_dir": str(self.out / "models" / "inverter"),
             "max_steps": self.size["inverter_steps"], "seed": self.seed},
-            self.out / "models" / "inverter.run", env=self.env)
+            self.out / "models" / "inverter.run", env={TRAIN_THREADS_ENV: str(max(1, self.size["parallel"]))})
 
     def start_student(self, c: str, folder: str, threads: Optional[int] = None) -> BackgroundRun:
+        """Condition ``c``'s student, on its row-matched config (the problems every
+        condition shares)."""
         _log(f"seed {self.seed}: train student '{LABELS[c]}' ({self.counts[c]} rows, "
              f"{self.size['student_steps']} steps)")
         return start_sft("tiny/student.yaml", {
-            "model_name_or_path": self.base_model, "dataset_name": str(self.out / folder), "dataset_config": c,
+            "model_name_or_path": self.base_model, "dataset_name": str(self.out / folder),
+            "dataset_config": f"{c}_matched",
             "output_dir": str(self.out / "models" / f"student-{c}"), "max_steps": self.size["student_steps"],
             "seed": self.seed}, self.out / "models" / f"student-{c}.run",
             env={TRAIN_THREADS_ENV: str(threads)} if threads else self.env)
@@ -133,6 +153,9 @@ def _timed(timings: dict[str, float], name: str, fn, *a, **kw):
 
 def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict, size: dict,
              inverter_backend: str) -> dict:
+    """One seed: data stages, the inverter, two inversions (answer-verified, then
+    step-verified), the row-matched student conditions, one student per distinct
+    condition, their evaluations."""
     t_seed = time.time()
     out = base / f"seed{seed}"
     over = seed_overrides(seed, out, size, inverter_backend, overrides)
@@ -143,14 +166,12 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
     train, test = load_rows(cfg.data, "train"), load_rows(cfg.data, "test")
     attacker = load_rows(cfg.data, "attacker")
     base_model = str(tiny_base_model(base / ".models", seed, size["layers"]))
-    trained: dict[str, str] = {}  # condition -> the condition whose student it uses (identical data)
-    base_conds = [c for c in DEFAULT_CONDITIONS if not c.startswith("inverted")]
-    inv_conds = [c for c in DEFAULT_CONDITIONS if c.startswith("inverted")]
     jobs = SeedJobs(seed, out, size, base_model, test)
     queue, counts = jobs.queue, jobs.counts
+    trained: dict[str, str] = {}  # condition -> the condition whose student it uses (identical data)
     try:
         # The inverter (the longest job) starts as soon as its data exists; the target
-        # query and the students that need no inversion run beside it.
+        # query and the surrogate's traces on the target's problems run beside it.
         _log(f"seed {seed}: surrogate traces + simulated summaries -> inverter data ({len(attacker)} attacker problems)")
         _timed(timings, "inverter_data", run_build_inverter_data, cfg, attacker,
                STAGES["build-inverter-data"]["folder"])
@@ -158,38 +179,34 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
         _log(f"seed {seed}: query the target ({len(train)} problems)")
         q = _timed(timings, "query_target", run_query_target, cfg, train)
         _timed(timings, SURROGATE_STAGE, run_build_inverter_data, cfg, train, SURROGATE_STAGE)
-        sd = _timed(timings, "student_data", run_student_data, cfg, out / STAGES["query-target"]["folder"], out / SURROGATE_STAGE,
-                    None, base_conds, STAGES["student-data"]["folder"])
-        counts.update(sd["conditions"])
-        for c in base_conds:
-            if counts.get(c):
-                trained[c] = c
-                jobs.train_student(c, STAGES["student-data"]["folder"])
         queue.wait("train_inverter")
         cfg = load_config(config_path, over)
-        _log(f"seed {seed}: invert with verified synthesis ({inverter_backend})")
         # vLLM's CPU engine binds an OpenMP thread to every core and spins at barriers: next
-        # to a training it ran ~4x slower (148 s instead of 34 s), so trainings pause meanwhile.
-        with queue.paused():
-            inv = _timed(timings, "invert", run_invert, cfg)
-        queue.pump()
+        # to a training it ran ~4x slower (148 s instead of 34 s), so nothing trains meanwhile.
+        _log(f"seed {seed}: invert with verified synthesis, answer consistency ({inverter_backend})")
+        inv = _timed(timings, "invert", run_invert, cfg)
+        _log(f"seed {seed}: invert with verified synthesis, answer consistency + the step checker")
+        cfg_steps = load_config(config_path, deep_merge(over, {"invert": {"verifiers": ["answer", "steps"]}}))
+        inv_steps = _timed(timings, "invert_steps", run_invert, cfg_steps, None, STEP_FOLDER)
         releases = {}
         for stage in (STAGES["query-target"]["folder"], STAGES["invert"]["folder"]):
             repo = base / "releases" / f"{stage}-seed{seed}"
             # identical content (a resumed run) returns the existing release instead of a new tag
             releases[stage] = publish_local(out / stage, repo, message=f"demo seed {seed}: {stage}")
-        sdi = _timed(timings, "student_data_inverted", run_student_data, cfg, out / "target_query",
-                     out / SURROGATE_STAGE, out / "inversion", inv_conds, "student_data_inverted")
-        counts.update(sdi["conditions"])
-        groups = same_data(out / "student_data_inverted", [c for c in inv_conds if counts.get(c)])
-        # A student that would train alone at the end gets both threads.
-        lone = size["parallel"] > 1 and not queue.pending and sum(c == g for c, g in groups.items()) == 1
-        for c, same in groups.items():
-            trained[c] = same
-            if same == c:
-                jobs.train_student(c, "student_data_inverted", size["parallel"] if lone else None, first=True)
+        folder = STAGES["student-data"]["folder"]
+        sd = _timed(timings, "student_data", run_student_data, cfg, out / STAGES["query-target"]["folder"],
+                    out / SURROGATE_STAGE, out / STAGES["invert"]["folder"],
+                    [c for c in DEMO_CONDITIONS if c != "inverted_step_verified"], folder, out / STEP_FOLDER)
+        counts.update({c: sd["matched"].get(f"{c}_matched", 0) for c in DEMO_CONDITIONS})
+        _log(f"seed {seed}: every condition trains on the same {sd['matched_rows']} problems (row-matched)")
+        groups = same_data(out / folder, [f"{c}_matched" for c in DEMO_CONDITIONS if counts.get(c)])
+        for cm, same in groups.items():
+            c, s_ = cm[: -len("_matched")], same[: -len("_matched")]
+            trained[c] = s_
+            if s_ == c:
+                jobs.train_student(c, folder)
             else:
-                _log(f"seed {seed}: '{LABELS[c]}' has the same rows as '{LABELS[same]}': one student serves both")
+                _log(f"seed {seed}: '{LABELS[c]}' has the same rows as '{LABELS[s_]}': one student serves both")
         queue.wait()
     finally:
         queue.close()
@@ -199,9 +216,31 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
         if same != c:  # the same data, so the same student: a copy keeps every condition's folder
             shutil.copytree(out / "models" / f"student-{same}", out / "models" / f"student-{c}", dirs_exist_ok=True)
             results[c] = results[same]
-    return {"seed": seed, "accuracy": {c: results[c] for c in DEFAULT_CONDITIONS if c in results}, "rows": counts,
+    return {"seed": seed, "accuracy": {c: results[c] for c in DEMO_CONDITIONS if c in results}, "rows": counts,
+            "matched_rows": sd["matched_rows"], "rows_per_condition": sd["conditions"],
             "same_data": {c: s for c, s in trained.items() if s != c}, "target": q, "inversion": inv,
+            "inversion_steps": inv_steps, "step_correct": trace_step_correctness(out, inv, inv_steps),
+            "world": {k: v for k, v in cfg.data.toy.model_dump().items() if k not in ("n_train", "n_test")},
             "releases": releases, "timings": timings, "seconds": round(time.time() - t_seed, 1)}
+
+
+def trace_step_correctness(out: Path, inv: dict, inv_steps: dict) -> dict:
+    """Share of traces with every step right, per trace source (the toy world's exact
+    checker): the surrogate's on the target's problems, the inverter's first samples,
+    the answer-verified and the step-verified traces, the target's own."""
+    from trace_inversion.data.io import read_split
+    from trace_inversion.toy.world import check_steps, parse_problem
+
+    def share(rows: list[dict], col: str) -> Optional[float]:
+        checked = [check_steps(parse_problem(r["problem"]), r.get(col) or "")["all_correct"] for r in rows
+                   if parse_problem(r["problem"]) is not None]
+        return round(sum(checked) / len(checked), 4) if checked else None
+
+    st, st_steps = inv.get("toy_all_steps_correct") or {}, inv_steps.get("toy_all_steps_correct") or {}
+    return {"surrogate_traces": share(read_split(out / SURROGATE_STAGE, "traces"), "surrogate_trace"),
+            "inverted_unfiltered": st.get("unfiltered"), "inverted_verified": st.get("kept"),
+            "inverted_step_verified": st_steps.get("kept"),
+            "target_traces": share(read_split(out / STAGES["query-target"]["folder"], "target"), "target_trace")}
 
 
 def run_demo(output: Optional[str] = None, seeds: int = 1, config_path: Optional[str] = None,
@@ -218,7 +257,10 @@ def run_demo(output: Optional[str] = None, seeds: int = 1, config_path: Optional
     report = render_report(runs, size, seconds)
     (base / "report.md").write_text(report)
     plot(runs, base / "results.png")
-    write_json({"size": size, "runs": runs, "seconds": round(seconds, 1)}, base / "stats.json")
+    summary = {c: {"mean": round(statistics.fmean(v), 4), "sd": round(statistics.stdev(v), 4) if len(v) > 1 else None}
+               for c in DEMO_CONDITIONS if (v := [r["accuracy"][c] for r in runs if c in r["accuracy"]])}
+    write_json({"size": size, "runs": runs, "accuracy": summary, "claims": claim_verdicts(runs, size["n_test"]),
+                "seconds": round(seconds, 1)}, base / "stats.json")
     return report + f"\nWrote {base / 'report.md'}, {base / 'results.png'} and {base / 'stats.json'}."
 
 

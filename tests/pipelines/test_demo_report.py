@@ -50,3 +50,56 @@ def test_a_seed_without_lengths_adds_no_rows(tmp_path):
     del run["inversion"]["lengths"], run["inversion"]["length_ratio"]
     assert seed_lengths(run) == {}
     assert not [ln for ln in lengths_lines([run]) if ln.startswith("| 1 ")]
+
+
+def _acc_run(seed, **acc):
+    return {"seed": seed, "accuracy": acc, "releases": {}, "seconds": 60.0}
+
+
+def test_claim_verdicts_against_the_spread_across_seeds():
+    """A difference no larger than the sd of the per-seed differences is "within noise";
+    else supported or not supported by its sign, whichever way it falls."""
+    from trace_inversion.pipelines.demo.report import claim_verdicts
+
+    runs = [_acc_run(0, inverted_unfiltered=0.60, summary_answer=0.20, surrogate_traces=0.70, inverted_verified=0.62),
+            _acc_run(1, inverted_unfiltered=0.50, summary_answer=0.22, surrogate_traces=0.65, inverted_verified=0.48),
+            _acc_run(2, inverted_unfiltered=0.55, summary_answer=0.18, surrogate_traces=0.75, inverted_verified=0.57)]
+    v = {x["claim"]: x for x in claim_verdicts(runs, 300)}
+    assert v["inverted > summary + answer"]["verdict"] == "supported"
+    assert v["inverted > summary + answer"]["per_seed"] == [0.4, 0.28, 0.37]
+    assert v["inverted > surrogate traces"]["verdict"] == "not supported"  # the reverse holds
+    assert v["answer-verified >= unfiltered"]["verdict"] == "within noise"  # +2, -2, +2: sd 2.3 > mean 0.7
+    assert v["step-verified >= unfiltered"]["verdict"] == "not measured"
+    assert "3 seeds" in v["inverted > surrogate traces"]["noise_is"]
+
+
+def test_one_seed_uses_the_binomial_standard_error_and_says_so():
+    from trace_inversion.pipelines.demo.report import claim_verdicts
+
+    v = claim_verdicts([_acc_run(0, inverted_unfiltered=0.52, summary_answer=0.50)], 300)[0]
+    assert v["verdict"] == "within noise" and abs(v["noise"] - 0.0408) < 1e-3  # sqrt((.52*.48+.5*.5)/300)
+    assert "one seed" in v["noise_is"]
+    v = claim_verdicts([_acc_run(0, inverted_unfiltered=0.70, summary_answer=0.50)], 300)[0]
+    assert v["verdict"] == "supported"
+
+
+def test_report_states_the_world_the_claims_and_the_step_correctness():
+    from trace_inversion.pipelines.demo.report import render_report
+    from trace_inversion.pipelines.demo.run import DEMO_WORLD
+
+    world = dict(DEMO_WORLD, seed=0, n_ops=5, modulus=10, ops="+-*")
+    runs = [dict(_acc_run(s, answer_only=0.2, summary_answer=0.2, surrogate_traces=0.4, inverted_unfiltered=0.5,
+                          inverted_verified=0.5, inverted_step_verified=0.6, target_traces=1.0),
+                 world=world, matched_rows=900, step_correct={"surrogate_traces": 0.3, "inverted_unfiltered": 0.6,
+                                                              "inverted_step_verified": 1.0, "target_traces": 1.0})
+            for s in (0, 1)]
+    rep = render_report(runs, {"n_ops": 5, "n_train": 1000, "n_test": 300, "layers": 3, "student_steps": 500,
+                               "inverter_steps": 1000}, 600.0)
+    assert "| the target's summary reveals | 2, 4 (style 'gives') |" in rep
+    assert "| hidden from the attacker | 1, 3 |" in rep
+    assert "| the surrogate can err on (systematic, rate 0.2) | steps 1-5 |" in rep
+    assert "| the attacker's compressor reveals | 1, 2, 3, 4, 5 (style 'is'" in rep
+    assert "| inverted (step-verified) | 60.0% | 60.0% | 60.0% | 0.0 |" in rep
+    assert "| step-verified >= unfiltered | **within noise** | +10.0 | 0.0 |" not in rep  # 0 sd: +10 beats it
+    assert "| step-verified >= unfiltered | **supported** | +10.0 | 0.0 |" in rep
+    assert "| surrogate traces | 30.0% | 30.0% |" in rep and "seed 0: 900" in rep

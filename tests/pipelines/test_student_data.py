@@ -132,6 +132,22 @@ def test_student_data_pipeline_on_toy_stages(tmp_path):
     for r in verified:
         assert r["messages"][1]["content"].startswith(f"<think>\n{inverted[r['id']]['inverted_trace']}\n</think>")
 
+    # a second inversion with the step checker: the step-verified condition (the demo's third inverted student)
+    from trace_inversion.toy.world import check_steps, parse_problem
+
+    steps_cfg = load_config(None, {**cfg.model_dump(mode="json", exclude_none=True),
+                                   "invert": {"max_attempts": 1, "verifiers": ["answer", "steps"]}})
+    inv_steps = run_invert(steps_cfg, folder="inversion_steps")
+    assert (tmp_path / "inversion_steps" / "stats.json").exists() and inv_steps["verifiers"] == ["answer", "steps"]
+    stats = run_student_data(cfg, tmp_path / "target_query", tmp_path / "surrogate_on_targets", tmp_path / "inversion",
+                             step_verified_dir=tmp_path / "inversion_steps")
+    c = stats["conditions"]
+    assert c["inverted_step_verified"] == inv_steps["kept"] < inv["kept"]  # the toy inverter errs on hidden steps
+    assert stats["matched_rows"] == inv_steps["kept"]  # every condition on the step-verified problems
+    for r in read_split(tmp_path / "student_data", "inverted_step_verified_matched"):
+        trace = r["messages"][1]["content"].split("<think>\n")[1].split("\n</think>")[0]
+        assert check_steps(parse_problem(r["messages"][0]["content"]), trace)["all_correct"]
+
 
 # ----------------------------------------------------------------------------- matched rows, stale configs
 def test_matched_rows_are_those_every_nonempty_condition_shares(tmp_path):

@@ -86,3 +86,50 @@ def test_systematic_surrogate_errors_are_fixed_per_fact():
             assert seen.setdefault(fact, value) == value  # the same fact, the same answer, every time
     wrong = sum(1 for f, v in seen.items() if int(v) != apply(int(f[0]), f[1], int(f[2:]), 10)) / len(seen)
     assert 0.2 < wrong < 0.4 and len(seen) == 300  # 30% of the 300 facts, all facts seen
+
+
+def test_summary_policy_reveals_the_steps_it_names():
+    p = parse_problem("Evaluate left to right modulo 10: 3 + 4 * 7 - 2 + 5 * 3", "x")  # values 7 9 7 2 6
+    assert ToyWorld(summary_every=0).target_response(p)["summary"] == ""  # no summary at all
+    assert ToyWorld(summary_every=1).target_response(p)["summary"] == (
+        "step 1 gives 7; step 2 gives 9; step 3 gives 7; step 4 gives 2; step 5 gives 6.")
+    w = ToyWorld(summary_every=3, summary_offset=1, summary_style="is")
+    assert w.target_response(p)["summary"] == "after step 1 the value is 7; after step 4 the value is 2."
+    assert w.revealed_steps(5) == [1, 4]
+
+
+def test_the_compressor_differs_from_the_target_only_where_configured():
+    """By default the compressor is the target's summariser; its own fields change the
+    steps it reveals, its phrasing, and drop values (never all of them)."""
+    same = ToyWorld(seed=0, n_ops=5)
+    gap = ToyWorld(seed=0, n_ops=5, compressor_every=1, compressor_style="is", compressor_drop=0.5)
+    assert gap.revealed_steps() == [2, 4] and gap.revealed_steps(compressor=True) == [1, 2, 3, 4, 5]
+    seen, dropped = set(), 0
+    for p in same.problems(300):
+        t = same.target_trace(p)
+        assert same.compress(t) == same.target_response(p)["summary"]
+        s = gap.compress(t)
+        assert s and "gives" not in s and gap.compress(t) == s  # deterministic, never empty, its own phrasing
+        from trace_inversion.toy.world import _summary_values
+
+        pairs = _summary_values(s)
+        assert all(p.values()[i - 1] == v for i, v in pairs)  # only true values, of any step
+        seen |= {i for i, _ in pairs}
+        dropped += 5 - len(pairs)
+    assert seen == {1, 2, 3, 4, 5} and 0.35 < dropped / 1500 < 0.6
+
+
+def test_surrogate_misconceptions_can_fall_on_hidden_steps():
+    """With no reliable steps, the surrogate's systematic errors land on steps the
+    target's summary does not reveal (1 and 3 of 5), not only on late ones."""
+    w = ToyWorld(seed=0, n_ops=5, surrogate_errors="systematic", surrogate_reliable_steps=0, surrogate_error_rate=0.2)
+    first_errors = [check_steps(p, w.surrogate_trace(p)[0])["first_error"] for p in w.problems(500)]
+    assert {0, 2} <= set(first_errors)  # 0-based: steps 1 and 3
+    assert 0.15 < sum(e == 0 for e in first_errors) / 500 < 0.3
+
+
+def test_the_toy_inverter_reads_either_summary_style():
+    p = parse_problem("Evaluate left to right modulo 10: 3 + 4 * 7 - 2", "x")
+    w = ToyWorld(inverter_error_rate=1.0, inverter_forces_answer=0.0)  # wrong wherever it is not told
+    trace = w.invert(p, None, "after step 1 the value is 7; step 2 gives 9.", seed=0)
+    assert trace_values(trace)[:2] == [7, 9]

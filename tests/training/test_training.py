@@ -225,3 +225,47 @@ def test_gpu_check_script_runs_its_cpu_path(tmp_path):
     assert status == {"env": "PASS", "model": "PASS", "transformers": "PASS", "vllm": "SKIP", "train": "PASS",
                       "train-zero3": "SKIP", "train-multi": "SKIP"}, r.stdout
     assert "GPU placement: SKIPPED" in r.stdout and "GPU training: SKIPPED" in r.stdout and "no GPU" in r.stdout
+
+
+def test_a_finished_training_is_reused_only_while_its_data_is_unchanged(tmp_path):
+    """start_sft reuses a finished model when the recipe and the data are unchanged; a
+    stage folder rewritten with other rows (a new fingerprint) trains again."""
+    import json
+
+    from trace_inversion.pipelines.stage import MARKER
+    from trace_inversion.training.sft import DATA_STAMP, data_fingerprint, start_sft
+
+    data = tmp_path / "inverter_data"
+    data.mkdir()
+    (data / MARKER).write_text(json.dumps({"fingerprint": "aaa"}))
+    out, run_dir = tmp_path / "model", tmp_path / "model.run"
+    over = {"model_name_or_path": "x", "dataset_name": str(data), "dataset_config": "with_summary",
+            "output_dir": str(out)}
+
+    def finish_as_trained():  # what a finished `trl sft` leaves
+        out.mkdir(exist_ok=True)
+        (out / "config.json").write_text("{}")
+        (run_dir / "train.log").write_text("")
+
+    run_dir.mkdir()
+    (run_dir / DATA_STAMP).write_text(data_fingerprint({**over}))
+    from trace_inversion.training.sft import resolve_recipe
+
+    resolve_recipe("tiny/inverter.yaml", over, run_dir / "recipe.resolved.yaml")
+    finish_as_trained()
+    assert start_sft("tiny/inverter.yaml", over, run_dir).result()["reused"] is True
+    (data / MARKER).write_text(json.dumps({"fingerprint": "bbb"}))  # the stage reran on other data
+    fp = data_fingerprint(over)
+    assert fp != (run_dir / DATA_STAMP).read_text()
+    import trace_inversion.training.sft as sft
+
+    started = []
+    orig = sft.BackgroundRun
+    sft.BackgroundRun = lambda *a, **kw: started.append(a) or orig(finished={"reused": False}) if a else orig(**kw)
+    try:
+        assert start_sft("tiny/inverter.yaml", over, run_dir).result()["reused"] is False
+    finally:
+        sft.BackgroundRun = orig
+    assert started and not (out / "config.json").exists()  # a model in training never looks finished
+    assert (run_dir / DATA_STAMP).read_text() == fp
+    assert data_fingerprint({**over, "dataset_config": "without_summary"}) != fp

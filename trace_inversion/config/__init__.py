@@ -351,9 +351,26 @@ class ToyWorldConfig(_Strict):
     n_ops: int = Field(6, ge=1, le=64, description="Operations per problem.")
     modulus: int = Field(10, ge=2, le=1000, description="Arithmetic modulus.")
     ops: str = Field("+-*", description="Operators to draw from, a subset of '+-*'.")
-    summary_every: int = Field(2, ge=1, description="The target's summary reveals every k-th intermediate value.")
+    summary_every: int = Field(2, ge=0, description="The target's summary policy: it reveals the running value of "
+                               "every step i with i % summary_every == summary_offset (0: no summary at all; 1: "
+                               "every step).")
+    summary_offset: int = Field(0, ge=0, description="The target's summary policy: which step of every "
+                                "summary_every-th it reveals (see summary_every).")
+    summary_style: Literal["gives", "is"] = Field(
+        "gives", description="How the target's summary phrases a value: 'gives' ('step 2 gives 7') or 'is' ('after "
+                             "step 2 the value is 7').")
+    compressor_every: Optional[int] = Field(
+        None, ge=0, description="The attacker's compressor reveals every k-th step (null: the target's summary_every). "
+                                "A compressor that differs from the target's summariser is the simulated-vs-real gap.")
+    compressor_offset: Optional[int] = Field(None, ge=0, description="The compressor's offset (null: the target's "
+                                             "summary_offset).")
+    compressor_style: Optional[Literal["gives", "is"]] = Field(
+        None, description="The compressor's phrasing (null: the target's summary_style).")
+    compressor_drop: float = Field(0.0, ge=0.0, le=1.0, description="The compressor leaves each value it would reveal "
+                                   "out with this probability (deterministic per trace): a lossier summariser.")
     surrogate_reliable_steps: int = Field(
-        3, ge=0, description="The surrogate is right on its first k steps and errs after them (systematic weakness)."
+        3, ge=0, description="The surrogate is right on its first k steps and errs after them (systematic weakness); "
+                             "0: its errors can fall on any step, the steps no summary reveals included."
     )
     surrogate_error_rate: float = Field(0.3, ge=0.0, le=1.0, description="Per-step error rate past the reliable steps.")
     surrogate_errors: Literal["random", "systematic"] = Field(

@@ -8,7 +8,9 @@ it sees the steps, and cannot shortcut when it sees only the answer.
 Roles, all deterministic in the world seed:
 
 - the **target** solves every problem correctly but *hides* its trace; it exposes the
-  final answer and a lossy summary (every k-th running value);
+  final answer and a lossy summary: its *summary policy* reveals the running values of
+  steps ``i`` with ``i % summary_every == summary_offset`` (``summary_every: 0``: no
+  summary at all), in its ``summary_style``;
 - the **surrogate** shows its trace, in a different notation (``6+5->1`` where the
   target writes ``6+5=1``; both keep each step on one line with no spaces, so every
   digit is one token and a step's result is the same token as the next step's first
@@ -18,8 +20,17 @@ Roles, all deterministic in the world seed:
   weaker: right on its first ``surrogate_reliable_steps`` steps, then wrong with
   probability ``surrogate_error_rate`` per step (errors propagate), like a small model
   that fails on longer chains;
-- the **compressor** turns any trace (either notation) into a summary in the target's
-  summary style.
+- the **compressor** (the attacker's simulation of the target's summariser) turns any
+  trace (either notation) into a summary. By default it follows the target's policy
+  exactly; ``compressor_every``, ``compressor_offset``, ``compressor_style`` and
+  ``compressor_drop`` make it differ (other steps, other phrasing, values left out): the
+  gap between the simulated summaries an inverter trains on and the real target's
+  summaries, the paper's central difficulty.
+
+Where the surrogate errs is independent of what the target reveals: with
+``surrogate_reliable_steps: 0`` its misconceptions can fall on any step, hidden ones
+included, so an inverter that learned from surrogate traces can carry them into steps no
+summary corrects.
 
 Every trace is machine-checkable step by step (``check_steps``), which later stages
 use to measure what answer-consistency filtering cannot see.
@@ -102,6 +113,12 @@ class ToyWorld:
     modulus: int = 10
     ops: str = "+-*"
     summary_every: int = 2
+    summary_offset: int = 0
+    summary_style: str = "gives"
+    compressor_every: Optional[int] = None
+    compressor_offset: Optional[int] = None
+    compressor_style: Optional[str] = None
+    compressor_drop: float = 0.0
     surrogate_reliable_steps: int = 3
     surrogate_error_rate: float = 0.3
     surrogate_errors: str = "random"
@@ -112,8 +129,9 @@ class ToyWorld:
     @classmethod
     def from_config(cls, cfg) -> "ToyWorld":
         """From a ``ToyWorldConfig`` (or anything with the same attributes)."""
-        return cls(seed=cfg.seed, n_ops=cfg.n_ops, modulus=cfg.modulus, ops=cfg.ops,
-                   summary_every=cfg.summary_every, surrogate_reliable_steps=cfg.surrogate_reliable_steps,
+        policy = {k: getattr(cfg, k, getattr(cls, k)) for k in POLICY_FIELDS}
+        return cls(seed=cfg.seed, n_ops=cfg.n_ops, modulus=cfg.modulus, ops=cfg.ops, **policy,
+                   surrogate_reliable_steps=cfg.surrogate_reliable_steps,
                    surrogate_error_rate=cfg.surrogate_error_rate,
                    surrogate_errors=getattr(cfg, "surrogate_errors", "random"),
                    inverter_error_rate=getattr(cfg, "inverter_error_rate", 0.1),
@@ -158,9 +176,8 @@ class ToyWorld:
         return "\n".join(lines)
 
     def summary_from_values(self, values: list[int]) -> str:
-        k = self.summary_every
-        parts = [f"step {i} gives {v}" for i, v in enumerate(values, 1) if i % k == 0]
-        return "; ".join(parts) + "." if parts else ""
+        """The target's summary of a trace's running values (its summary policy)."""
+        return write_summary(values, self.summary_every, self.summary_offset, self.summary_style)
 
     def target_response(self, p: Problem) -> dict:
         """What a black-box target exposes: answer text, summary, and (hidden) trace."""
@@ -228,15 +245,57 @@ class ToyWorld:
 
     # ------------------------------------------------------------------ compressor
     def compress(self, trace: str) -> str:
-        """Summary of a trace (either notation) in the target's summary style."""
-        return self.summary_from_values(trace_values(trace))
+        """The compressor's summary of a trace (either notation): the target's policy
+        unless the ``compressor_*`` fields differ; ``compressor_drop`` leaves each value
+        out with that probability (deterministic in the world seed and the trace), but
+        never all of them (a summariser always says something)."""
+        values = trace_values(trace)
+        every = self.summary_every if self.compressor_every is None else self.compressor_every
+        offset = self.summary_offset if self.compressor_offset is None else self.compressor_offset
+        style = self.compressor_style or self.summary_style
+        drop = set()
+        if self.compressor_drop > 0:
+            rng = random.Random(f"compressor:{self.seed}:{trace}")
+            shown = [i for i in range(1, len(values) + 1) if revealed(i, every, offset)]
+            drop = {i for i in shown if rng.random() < self.compressor_drop}
+            if shown and len(drop) == len(shown):  # a summariser always says something: keep one value
+                drop.discard(rng.choice(shown))
+        return write_summary(values, every, offset, style, drop)
+
+    def revealed_steps(self, n_steps: Optional[int] = None, compressor: bool = False) -> list[int]:
+        """The 1-based steps whose values the target's summary (or, before any drop, the
+        compressor's) reveals in an ``n_steps`` chain; the answer reveals the last step too."""
+        n = self.n_ops if n_steps is None else n_steps
+        every, offset = self.summary_every, self.summary_offset
+        if compressor:
+            every = every if self.compressor_every is None else self.compressor_every
+            offset = offset if self.compressor_offset is None else self.compressor_offset
+        return [i for i in range(1, n + 1) if revealed(i, every, offset)]
 
 
-_SUMMARY_VALUE = re.compile(r"step (\d+) gives (\d+)")
+# The summary fields of the world (the target's policy and the compressor's).
+POLICY_FIELDS = ("summary_every", "summary_offset", "summary_style", "compressor_every", "compressor_offset",
+                 "compressor_style", "compressor_drop")
+# How a summary writes step i's value v: the target's default and a paraphrase.
+SUMMARY_STYLES = {"gives": "step {i} gives {v}", "is": "after step {i} the value is {v}"}
+_SUMMARY_VALUE = re.compile(r"step (\d+) gives (\d+)|after step (\d+) the value is (\d+)")
+
+
+def revealed(i: int, every: int, offset: int) -> bool:
+    """Whether a policy (every k-th step from ``offset``; k = 0: none) reveals step i."""
+    return every > 0 and i % every == offset % every
+
+
+def write_summary(values: list[int], every: int, offset: int = 0, style: str = "gives",
+                  drop: frozenset | set = frozenset()) -> str:
+    fmt = SUMMARY_STYLES[style]
+    parts = [fmt.format(i=i, v=v) for i, v in enumerate(values, 1) if revealed(i, every, offset) and i not in drop]
+    return "; ".join(parts) + "." if parts else ""
 
 
 def _summary_values(summary: str) -> list[tuple[int, int]]:
-    return [(int(a), int(b)) for a, b in _SUMMARY_VALUE.findall(summary)]
+    """(step, value) pairs a summary states, in any style."""
+    return [(int(a or c), int(b or d)) for a, b, c, d in _SUMMARY_VALUE.findall(summary)]
 
 
 def format_answer(value: int | str) -> str:

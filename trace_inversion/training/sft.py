@@ -219,11 +219,37 @@ def check_launcher(data: dict) -> None:
         raise UserError("the recipe sets use_cpu and an accelerate config; fix: --accelerate-config none for CPU runs")
 
 
+DATA_STAMP = "data.fingerprint"
+
+
+def data_fingerprint(recipe: dict) -> str:
+    """What identifies a recipe's training data: for a local folder, the fingerprint of
+    the finished stage that wrote it (its ``.complete.json`` marker; else every file's path,
+    size and modification time), plus the config; a Hub id is its name (and revision)."""
+    import hashlib
+    import json
+
+    from trace_inversion.pipelines.stage import MARKER
+
+    name = str(recipe.get("dataset_name") or "")
+    parts = [name, str(recipe.get("dataset_config") or ""), str(recipe.get("dataset_revision") or "")]
+    folder = Path(name)
+    if name and folder.exists():
+        try:
+            parts.append(json.loads((folder / MARKER).read_text())["fingerprint"])
+        except (OSError, ValueError, KeyError):
+            files = sorted(f for f in ([folder] if folder.is_file() else folder.rglob("*")) if f.is_file())
+            parts += [f"{f.relative_to(folder) if f != folder else f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+                      for f in files]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def start_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Optional[dict] = None) -> BackgroundRun:
     """Start ``trl sft --config`` in the background (its output goes to ``train.log``).
 
-    A finished run (its output folder holds ``config.json`` and the resolved recipe is
-    unchanged) is not trained again, so a rerun of a pipeline resumes after it.
+    A finished run (its output folder holds ``config.json``, the resolved recipe is
+    unchanged and so is its data: ``data_fingerprint``) is not trained again, so a rerun
+    of a pipeline resumes after it, and a pipeline whose data changed retrains.
     """
     run_dir = Path(run_dir)
     resolved = run_dir / "recipe.resolved.yaml"
@@ -231,7 +257,9 @@ def start_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Opt
     data = resolve_recipe(recipe, overrides, resolved)
     out_dir = Path(data["output_dir"])
     log_path = run_dir / "train.log"
-    if (out_dir / "config.json").exists() and previous == resolved.read_text() and log_path.exists():
+    stamp, fingerprint = run_dir / DATA_STAMP, data_fingerprint(data)
+    same_data = stamp.exists() and stamp.read_text() == fingerprint
+    if (out_dir / "config.json").exists() and previous == resolved.read_text() and log_path.exists() and same_data:
         return BackgroundRun(finished={
             "output_dir": str(out_dir), "losses": parse_losses(log_path.read_text()), "seconds": 0.0,
             "log": str(log_path), "reused": True})
@@ -247,6 +275,7 @@ def start_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Opt
         launch = ["--num_processes", "1", "--num_cpu_threads_per_process", str(threads),
                   "--mixed_precision", "no"]
     (out_dir / "config.json").unlink(missing_ok=True)  # a half-written model never looks finished
+    stamp.write_text(fingerprint)
     return BackgroundRun(trl_command() + ["sft", "--config", str(resolved)] + launch, log_path, full_env,
                          finish=lambda log: {"output_dir": str(out_dir), "losses": parse_losses(log),
                                              "log": str(log_path), "reused": False}, name="trl sft")

@@ -1,0 +1,122 @@
+"""``trace-inversion audit`` end to end at a tiny size: the zero point and two policies
+of the toy world (3-operation chains, 150 problems), a tiny inverter trained per policy
+(100 steps of ``trl sft``) and run with transformers; then the same command again, which
+must reuse every stage and trained model (no model call, no training).
+
+The sizes test the machinery, not the leakage: the inverters are far from trained. The
+full-size audit (``trace-inversion audit``, 4 policies, 1,000 steps per inverter) is run
+by hand and recorded."""
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCORES = ("rougeL", "bleu", "token_f1", "rouge1", "rouge2", "exact_match")
+
+
+@pytest.mark.slow
+def test_audit_tiny_end_to_end_and_free_rerun(tmp_path, capsys):
+    from conftest import MODEL_CACHE
+    from trace_inversion.cli import main
+
+    out = tmp_path / "audit"
+    argv = ["audit", "-o", str(out), "--policies", "none,answer-only,every-1", "--inverter-steps", "100",
+            "--target-rows", "150", "--inverter-backend", "transformers", "--models-cache", str(MODEL_CACHE),
+            "--set", "data.toy.n_train=150", "--set", "data.toy.n_test=20", "--set", "data.toy.n_ops=3",
+            "--set", "data.toy.surrogate_reliable_steps=1", "--set", "invert.max_attempts=2"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| every-1 | steps 1,2,3 |" in table and "| answer-only | steps 3 |" in table
+
+    stats = json.loads((out / "stats.json").read_text())
+    assert (out / "leakage.png").read_bytes()[:4] == b"\x89PNG"
+    report = (out / "leakage.md").read_text()
+    assert stats["table_markdown"] in report and stats["audit"]["command"] in report
+    pols = {p["name"]: p for p in stats["policies"]}
+    assert list(pols) == ["none", "answer-only", "every-1"]
+    # what each policy reveals, as reported
+    assert pols["none"]["revealed_steps"] == [] and pols["answer-only"]["revealed_steps"] == [3]
+    assert pols["every-1"]["revealed_steps"] == [1, 2, 3]
+    assert "Reveals the running values of steps [1, 2, 3]" in report
+    assert pols["every-1"]["summary"]["shown"] == 100.0 and pols["answer-only"]["summary"]["shown"] == 0.0
+    assert "step 1 gives" in pols["every-1"]["summary"]["example"]
+    for name, p in pols.items():
+        assert p["rows"] == 150, name
+        for k in SCORES:
+            assert 0.0 <= p["overlap_first"][k] <= 100.0, (name, k)
+        for k in ("all_steps_right_first", "steps_right_first", "answer_consistent_first"):
+            assert 0.0 <= p[k] <= 100.0, (name, k)
+    for name in ("answer-only", "every-1"):
+        p = pols[name]
+        assert 0.0 <= p["kept"] <= 100.0
+        assert p["inverter_training"]["reused"] is False and p["inverter_training"]["final_loss"] is not None
+        assert (out / "policies" / name / "models" / "inverter" / "config.json").exists()
+        assert p["inverter"]["backend"] == "transformers"
+    assert 0.0 <= pols["answer-only"]["hidden_values_recovered"] <= 100.0
+    assert pols["answer-only"]["hidden_values"] == 2 * 150  # steps 1 and 2 of every row
+    assert pols["every-1"]["hidden_values_recovered"] is None  # it hides nothing
+    assert pols["none"]["hidden_values"] == 3 * 150  # the zero point sees no step at all
+    # the answer-only inverter was trained without summaries, the every-1 one with them
+    recipes = {n: (out / "policies" / n / "models" / "inverter.run" / "recipe.resolved.yaml").read_text()
+               for n in ("answer-only", "every-1")}
+    assert "dataset_config: without_summary" in recipes["answer-only"]
+    assert "dataset_config: with_summary" in recipes["every-1"]
+    assert not stats["audit"]["all_reused"]
+
+    # the same command again: every stage and trained model reused, no model call
+    logs = {n: (out / "policies" / n / "models" / "inverter.run" / "train.log").stat().st_mtime_ns
+            for n in ("answer-only", "every-1")}
+
+    def calls() -> int:
+        with sqlite3.connect(out / "requests.sqlite") as c:
+            return c.execute("select count(*) from requests").fetchone()[0]
+
+    before = calls()
+    assert main(argv) == 0
+    again = json.loads((out / "stats.json").read_text())
+    assert again["audit"]["all_reused"] is True
+    for p in again["policies"]:
+        assert p["stages_reused"] and all(p["stages_reused"].values()), p["name"]
+        if p["kind"] == "attack":
+            assert p["inverter_training"]["reused"] is True
+    assert calls() == before
+    assert logs == {n: (out / "policies" / n / "models" / "inverter.run" / "train.log").stat().st_mtime_ns
+                    for n in logs}
+    # the same figures, and the time of the run that computed them
+    assert [p["overlap_first"] for p in again["policies"]] == [p["overlap_first"] for p in stats["policies"]]
+    assert again["audit"]["work_seconds"] == stats["audit"]["work_seconds"]
+    assert again["audit"]["seconds"] < 60
+
+
+@pytest.mark.slow
+def test_audit_students_report_the_gain_and_are_reused(tmp_path):
+    """``--students`` (costly) at a tiny size, with the programmatic toy inverter for every
+    policy (``--no-train``) so only students train: one answer-only student serves the
+    policies whose answer-only data is the same, one inverted-trace student per policy,
+    each evaluated; the gain is reported; a rerun trains and evaluates nothing."""
+    from conftest import MODEL_CACHE
+    from trace_inversion.cli import main
+
+    out = tmp_path / "audit"
+    argv = ["audit", "-o", str(out), "--policies", "answer-only,every-1", "--no-train", "--students",
+            "--student-steps", "20", "--models-cache", str(MODEL_CACHE), "--set", "models.inverter.backend=toy",
+            "--set", "models.inverter.model=toy-inverter", "--set", "data.toy.n_train=60",
+            "--set", "data.toy.n_test=10", "--set", "data.toy.n_ops=3", "--set", "data.toy.inverter_error_rate=0"]
+    assert main(argv) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    st = {p["name"]: p["student"] for p in stats["policies"]}
+    for name, s in st.items():
+        assert 0.0 <= s["inverted"] <= 100.0 and 0.0 <= s["answer_only"] <= 100.0, name
+        assert s["gain"] == round(s["inverted"] - s["answer_only"], 2)
+        assert s["matched"] and s["rows"] == 60  # the toy inverter's traces all verify
+        assert (out / "policies" / name / "models" / "student-inverted" / "config.json").exists()
+    assert st["answer-only"]["answer_only_model"] == st["every-1"]["answer_only_model"]  # one shared student
+    assert len(list((out / "students").glob("answer-only-*.eval"))) == 1
+    report = (out / "leakage.md").read_text()
+    assert "## Student accuracy (optional, costly)" in report and "student gain (pts)" in stats["table_markdown"]
+    assert main(argv) == 0
+    again = json.loads((out / "stats.json").read_text())
+    assert again["audit"]["all_reused"] and all(p["student"]["reused"] for p in again["policies"])
