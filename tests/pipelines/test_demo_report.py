@@ -98,7 +98,7 @@ def test_report_states_the_world_the_claims_and_the_step_correctness():
     assert "| the target's summary reveals | 2, 4 (style 'gives') |" in rep
     assert "| hidden from the attacker | 1, 3 |" in rep
     assert "| the surrogate can err on (systematic, rate 0.2) | steps 1-5 |" in rep
-    assert "| the attacker's compressor reveals | 1, 2, 3, 4, 5 (style 'is'" in rep
+    assert "| the attacker's compressor reveals | 1, 2, 3, 4, 5 (style 'gives', each value left out with probability 0.5) |" in rep
     assert "| inverted (step-verified) | 60.0% | 60.0% | 60.0% | 0.0 |" in rep
     assert "| step-verified >= unfiltered | **within noise** | +10.0 | 0.0 |" not in rep  # 0 sd: +10 beats it
     assert "| step-verified >= unfiltered | **supported** | +10.0 | 0.0 |" in rep
