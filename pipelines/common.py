@@ -80,6 +80,47 @@ def run_pipeline(pipeline, cfg: RunConfig | None = None, stage: str | None = Non
     return run_distiset(pipeline, cfg, stage)["default"]["train"].to_list()
 
 
+def run_pipeline_files(pipeline, cfg: RunConfig | None = None, stage: str | None = None) -> list[Path]:
+    """Run (see ``run_distiset``) and return the parquet files distilabel wrote for the
+    single leaf step, in the order written: its rows, for reading lazily (polars) instead
+    of as a list of dicts. distilabel's ``Distiset`` is not built: it would load every
+    row through ``datasets`` at the end of the run, in this process, while the step
+    processes still hold their memory; nor are the batches saved for distilabel's resume."""
+    import gc
+
+    import distilabel.pipeline.local as local
+    from distilabel import constants
+
+    from distilabel.pipeline.batch_manager import _BatchManager
+    from distilabel.pipeline.write_buffer import _WriteBuffer
+
+    make, keep, init = local.create_distiset, _BatchManager.write_batch_data, _WriteBuffer.__init__
+
+    def bigger_files(self, *a, **kw):
+        init(self, *a, **kw)
+        # a file per 2,000 rows (distilabel: 50): a million rows make 500 files, not 20,000
+        self._buffers_dump_batch_size = {step: 2000 for step in self._buffers_dump_batch_size}
+
+    _WriteBuffer.__init__ = bigger_files
+    local.create_distiset = lambda *a, **kw: None  # only for this run: the rows are read from the files
+    # nor is every batch saved as JSON for distilabel's own resume, never used (the request cache is)
+    _BatchManager.write_batch_data = lambda self, batch, path: None
+    # distilabel forks its step processes: a full collection in a child writes to every
+    # object it inherited, turning the shared pages private in both processes (tens of
+    # MiB, at a moment that depends on how many rows went by). Frozen objects are skipped.
+    gc.collect()
+    gc.freeze()
+    try:
+        run_distiset(pipeline, cfg, stage)
+    finally:
+        gc.unfreeze()
+        local.create_distiset, _BatchManager.write_batch_data, _WriteBuffer.__init__ = make, keep, init
+
+    (leaf,) = list(pipeline.dag.leaf_steps)
+    folder = Path(pipeline._cache_location["data"]) / constants.STEPS_OUTPUTS_PATH / leaf
+    return sorted(folder.glob("*.parquet"))
+
+
 def report_stage(stage: str, stats: dict, cfg: RunConfig, summary: str) -> dict:
     """The stage's one console line (``summary``: its key counts); returns ``stats``."""
     from trace_inversion.console import log_path, say, stage_line

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Iterable, Optional, Union
 
 from trace_inversion.config import RunConfig
 from trace_inversion.pipelines.common import report_stage
@@ -38,22 +38,26 @@ class Output:
     """What a stage's ``produce`` hands the runner to write.
 
     Attributes:
-        splits: config name -> rows, each written as ``data/<config>/train-<sha>.parquet``.
-        stats: the stage's statistics (``seconds``, ``output_dir`` and ``prompts`` are added).
-        counts: rows per config for the card (default: the length of each split).
+        splits: config name -> rows, each written as ``data/<config>/train-<sha>.parquet``:
+            a list of dicts, or a polars (Lazy)Frame streamed to the shard (no dict per row).
+        stats: the stage's statistics (``seconds``, ``output_dir`` and ``prompts`` are added),
+            or a function computing them from the written shards (``{config: path}``).
+        counts: rows per config for the card (default: the length of each split; the
+            row count of the written shard for a frame).
         like: config name -> rows lending their columns to an empty split.
         sections: extra card sections, name -> markdown.
-        finished: False leaves the stage unmarked, so the next run retries it (failed rows).
+        finished: False leaves the stage unmarked, so the next run retries it (failed rows);
+            or a function of the stats (computed from the shards) saying so.
         console: keys returned with the stats (and kept for a reuse) but kept out of
             ``stats.json`` and the card (e.g. a rendered table for the console).
     """
 
-    splits: dict[str, list[dict]]
-    stats: dict
+    splits: dict[str, Any]
+    stats: Union[dict, Callable[[dict[str, Path]], dict]]
     counts: Optional[dict[str, int]] = None
     like: dict[str, list[dict]] = field(default_factory=dict)
     sections: dict[str, str] = field(default_factory=dict)
-    finished: bool = True
+    finished: Union[bool, Callable[[dict], bool]] = True
     console: dict = field(default_factory=dict)
 
 
@@ -63,7 +67,7 @@ class Stage:
     Attributes:
         cfg: the run config.
         name: the stage's name in the fingerprint and the card (``query-target``).
-        rows: its input rows.
+        rows: its input rows: a list, or a ``data.columnar.RowSource`` (read as a stream).
         out_dir: ``<output.dir>/<folder>``.
         label: its console name (default: the folder with ``-`` for ``_``).
         templates: the ``prompts.Template``s it uses (fingerprint, card, stats).
@@ -73,7 +77,7 @@ class Stage:
         fingerprint: computed once, before anything runs.
     """
 
-    def __init__(self, cfg: RunConfig, name: str, rows: list[dict], *, folder: str,
+    def __init__(self, cfg: RunConfig, name: str, rows: Iterable[dict], *, folder: str,
                  summary: Callable[[dict], str], templates: Optional[dict] = None, inputs: Optional[dict] = None,
                  label: Optional[str] = None, calls_models: bool = True):
         self.t0 = time.time()
@@ -111,30 +115,38 @@ class Stage:
     def write(self, out: Output) -> dict:
         """Splits, ``stats.json``, the card and (when ``out.finished``) the finished mark."""
         from trace_inversion.hub_cards.card import write_stage_card
-        from trace_inversion.data.io import write_json, write_split
+        from trace_inversion.data.io import count_rows, write_json, write_split, write_split_frame
 
+        paths, counts = {}, {}
         for config, rows in out.splits.items():
-            write_split(self.out_dir, config, rows, like=out.like.get(config))
-        stats = dict(out.stats)
+            if isinstance(rows, list):
+                paths[config] = write_split(self.out_dir, config, rows, like=out.like.get(config))
+                counts[config] = len(rows)
+            else:  # a polars frame: streamed, counted from the shard
+                paths[config] = write_split_frame(self.out_dir, config, rows)
+                counts[config] = count_rows(paths[config])
+        stats = dict(out.stats(paths) if callable(out.stats) else out.stats)
         stats.setdefault("seconds", round(time.time() - self.t0, 2))
         stats.setdefault("output_dir", str(self.out_dir))
         if self.templates:
             stats["prompts"] = {k: {"sha256": t.sha, "source": t.source} for k, t in self.templates.items()}
         write_json(stats, self.out_dir / "stats.json")
-        counts = out.counts if out.counts is not None else {c: len(r) for c, r in out.splits.items()}
+        counts = out.counts if out.counts is not None else counts
         write_stage_card(self.out_dir, self.name, self.cfg, stats, counts, extra_sections=out.sections,
                          prompts=list(self.templates.values()))
         stats.update(out.console)
-        if out.finished:
+        if (out.finished(stats) if callable(out.finished) else out.finished):
             mark_finished(self.out_dir, self.fingerprint, stats)
         return stats
 
 
 # ----------------------------------------------------------------------------- finished stages
-def stage_fingerprint(cfg: RunConfig, stage: str, rows: list[dict], **extra) -> str:
+def stage_fingerprint(cfg: RunConfig, stage: str, rows: Iterable[dict], **extra) -> str:
     """What a stage's output depends on: the run config (secrets scrubbed), its input
     rows, extra inputs (``Stage`` adds its templates' text and the toy world), the files
-    of local models and the project version."""
+    of local models and the project version. The rows are hashed one by one as they are
+    iterated (a ``RowSource`` streams them): a list and a stream of the same rows give
+    the same fingerprint."""
     import hashlib
     import json
 

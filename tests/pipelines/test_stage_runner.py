@@ -87,6 +87,34 @@ def test_unfinished_stage_is_not_reused(tmp_path):
     assert len(calls) == 2 and not (tmp_path / "out" / "x" / MARKER).exists()
 
 
+def test_frames_are_streamed_to_shards_and_stats_read_from_them(tmp_path):
+    """A split given as a polars LazyFrame is written without Python rows; the counts (card)
+    and the stats come from the written shards, and ``finished`` may depend on them."""
+    from trace_inversion.data.columnar import open_rows
+
+    cfg = cfg_for(tmp_path)
+    rows = open_rows(cfg.data)  # a stream: fingerprinted as it is iterated
+    lf = pl.LazyFrame({"id": [f"r{i}" for i in range(5)], "bad": [i % 2 == 1 for i in range(5)]})
+    seen = {}
+
+    def stats(paths):
+        seen.update(paths)
+        return {"ok": pl.read_parquet(paths["ok"]).height, "bad": pl.read_parquet(paths["bad"]).height}
+
+    def run():
+        stage = Stage(cfg, "x", rows, folder="x", summary=lambda s: "")
+        return stage.run(lambda: Output(splits={"ok": lf.filter(~pl.col("bad")), "bad": lf.filter(pl.col("bad"))},
+                                        stats=stats, finished=lambda st: st["bad"] == 0))
+
+    first = run()
+    assert first["ok"] == 3 and first["bad"] == 2 and seen["ok"] == split_path(tmp_path / "out" / "x", "ok")
+    assert not (tmp_path / "out" / "x" / MARKER).exists()  # failed rows: not finished
+    card = json.loads((tmp_path / "out" / "x" / "card.json").read_text())
+    assert "3" in json.dumps(card) and "2" in json.dumps(card)
+    lf = lf.with_columns(bad=pl.lit(False))
+    assert run()["ok"] == 5 and (tmp_path / "out" / "x" / MARKER).exists() and run()["reused"] is True
+
+
 def test_fingerprint_covers_prompts_and_the_toy_world(tmp_path):
     def fp(**over):
         cfg = cfg_for(tmp_path, **over)

@@ -1,4 +1,5 @@
-"""Writing stage outputs: parquet files written atomically (temp file, then rename)."""
+"""Writing stage outputs: parquet files written atomically (temp file, then rename), from
+rows (lists of dicts) or, streaming, from polars frames (``write_split_frame``)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,44 @@ def write_split(folder: str | os.PathLike, config: str, rows: list[dict], split:
         if old != final:
             old.unlink()
     return final
+
+
+def write_split_frame(folder: str | os.PathLike, config: str, frame, split: str = "train") -> Path:
+    """``write_split`` for a polars (Lazy)Frame: streamed to parquet (``sink_parquet``),
+    never turned into Python rows; the shard is named by a hash of its bytes, read in
+    chunks."""
+    import hashlib
+
+    import polars as pl
+
+    d = Path(folder) / "data" / config
+    d.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{split}.parquet.", dir=d)
+    os.close(fd)
+    os.chmod(tmp, _umask_mode())
+    try:
+        lf = frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+        lf.sink_parquet(tmp, row_group_size=16_384)
+        h = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        final = d / f"{split}-{h.hexdigest()[:12]}.parquet"
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    for old in list(d.glob(f"{split}-*.parquet")) + list(d.glob(f"{split}.parquet")):
+        if old != final:
+            old.unlink()
+    return final
+
+
+def count_rows(path: str | os.PathLike) -> int:
+    """Rows of a parquet shard (from its metadata)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def split_path(folder: str | os.PathLike, config: str, split: str = "train") -> Path:

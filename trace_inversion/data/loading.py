@@ -1,9 +1,11 @@
 """Loading and validating input rows before any model call.
 
 ``load_rows(data_config)`` returns a list of dicts with at least ``id`` and
-``problem``. Every problem in the data is reported at once in a ``DataError``
-naming the row, the column and the fix: missing columns, wrong types, empty or
-huge problems, duplicate ids, undecodable files.
+``problem``; ``columnar.open_rows`` the same rows as a stream (read and validated
+with polars, handed out in batches). Every problem in the data is reported at once
+in a ``DataError`` naming the row, the column and the fix: missing columns, wrong
+types, empty or huge problems, duplicate ids, undecodable files. ``validate_rows``
+checks rows already in memory (dicts) the same way.
 """
 
 from __future__ import annotations
@@ -24,34 +26,13 @@ class DataError(UserError, ValueError):
         super().__init__(f"invalid input data {source} ({len(problems)} problem(s)):\n" + "\n".join(f"  - {p}" for p in shown))
 
 
-def _read_file(path: Path, split: str) -> list[dict]:
-    import polars as pl
-
-    try:
-        if path.suffix == ".parquet":
-            df = pl.read_parquet(path)
-        elif path.suffix == ".jsonl":
-            df = pl.read_ndjson(path)
-        elif path.suffix == ".json":
-            df = pl.read_json(path)
-        else:
-            df = pl.read_csv(path)
-    except UnicodeDecodeError as e:
-        raise DataError([f"{path}: not UTF-8 ({e.reason}); fix: re-encode the file as UTF-8"], str(path)) from None
-    except Exception as e:  # polars raises several error types for broken files
-        msg = str(e).splitlines()[0][:200]
-        hint = "re-encode the file as UTF-8" if "utf" in msg.lower() else "check that the file is valid " + path.suffix[1:]
-        raise DataError([f"{path}: cannot be read ({msg}); fix: {hint}"], str(path)) from None
-    return df.to_dicts()
-
-
-def _read_hub(repo_id: str, split: str, subset: Optional[str] = None) -> list[dict]:
-    """A Hub dataset's split (of ``subset``, its config name, e.g. ``main`` for gsm8k);
-    a missing split or subset is a DataError naming the ones that exist."""
+def _load_hub(repo_id: str, split: str, subset: Optional[str] = None):
+    """A Hub dataset's split (of ``subset``, its config name, e.g. ``main`` for gsm8k) as a
+    ``datasets.Dataset``; a missing split or subset is a DataError naming the ones that exist."""
     import datasets
 
     try:
-        ds = datasets.load_dataset(repo_id, subset, split=split)
+        return datasets.load_dataset(repo_id, subset, split=split)
     except ValueError as e:
         msg = str(e)
         if "Unknown split" in msg or "Bad split" in msg:
@@ -61,7 +42,11 @@ def _read_hub(repo_id: str, split: str, subset: Optional[str] = None) -> list[di
             raise DataError([f"{repo_id}: subset {subset!r} cannot be loaded ({msg.splitlines()[0][:300]}); "
                              "fix: set data.subset to one of the dataset's subsets"], repo_id) from None
         raise
-    return ds.to_list()
+
+
+def _read_hub(repo_id: str, split: str, subset: Optional[str] = None) -> list[dict]:
+    """``_load_hub``'s rows as dicts."""
+    return _load_hub(repo_id, split, subset).to_list()
 
 
 def validate_rows(rows: list[dict], problem_column: str, id_column: Optional[str], source: str = "",
@@ -111,30 +96,13 @@ def validate_rows(rows: list[dict], problem_column: str, id_column: Optional[str
 
 
 def load_rows(cfg: DataConfig, split: Optional[str] = None) -> list[dict]:
-    """Rows for a run: the toy world's problems, a local file or a Hub dataset (its
-    ``cfg.subset``). ``split`` (a command's ``--split``) overrides ``cfg.split`` only
-    when given."""
-    split = split or cfg.split
-    if cfg.source == "toy":
-        from trace_inversion.toy.world import ToyWorld, iter_rows
+    """Rows for a run as a list: the toy world's problems, a local file or a Hub dataset
+    (its ``cfg.subset``), validated column-wise (``columnar.open_rows``, whose stream a
+    stage uses instead when the rows need not all be in memory). ``split`` (a command's
+    ``--split``) overrides ``cfg.split`` only when given."""
+    from trace_inversion.data.columnar import open_rows
 
-        world = ToyWorld.from_config(cfg.toy)
-        train, test = world.splits(cfg.toy.n_train, cfg.toy.n_test)
-        if split == "attacker":
-            # the attacker's own problems (surrogate data for the inverter), disjoint from both
-            probs = world.problems(cfg.toy.n_train, "attacker", exclude={p.text for p in train + test})
-        else:
-            probs = test if split == "test" else train
-        rows = list(iter_rows(probs))
-        source = "toy"
-    else:
-        path = Path(cfg.source)
-        rows = _read_file(path, split) if path.exists() else _read_hub(cfg.source, split, cfg.subset)
-        source = cfg.source
-        rows = validate_rows(rows, cfg.problem_column, cfg.id_column, source)
-    if cfg.limit:
-        rows = rows[: cfg.limit]
-    return rows
+    return list(open_rows(cfg, split))
 
 
 LOCAL_BACKENDS = ("vllm", "transformers")
