@@ -262,19 +262,12 @@ def validate_frame(lf, problem_column: str, id_column: Optional[str], source: st
     and ``problem``."""
     import polars as pl
 
-    from trace_inversion.data.loading import MAX_PROBLEM_CHARS, DataError
+    from trace_inversion.data.loading import MAX_PROBLEM_CHARS, DataError, require_columns
 
     schema = lf.collect_schema()
     cols = schema.names()
     count = lf.select(pl.len()).collect().item()
-    if count == 0:
-        raise DataError(["the dataset has no rows; fix: check the file or the split"], source)
-    if problem_column not in cols:
-        raise DataError([f"column {problem_column!r} is missing (columns: {sorted(cols)}); fix: set "
-                         "data.problem_column or rename the column"], source)
-    if id_column and id_column not in cols:
-        raise DataError([f"id column {id_column!r} is missing (columns: {sorted(cols)}); fix: set data.id_column: "
-                         "null to use row numbers, or add the column"], source)
+    require_columns(count, cols, problem_column, id_column, source)
     i, p = pl.col("__i"), pl.col(problem_column)
     text = schema[problem_column] == pl.String
     if id_column:

@@ -49,13 +49,12 @@ def _read_hub(repo_id: str, split: str, subset: Optional[str] = None) -> list[di
     return _load_hub(repo_id, split, subset).to_list()
 
 
-def validate_rows(rows: list[dict], problem_column: str, id_column: Optional[str], source: str = "",
-                  extra_required: tuple[str, ...] = ()) -> list[dict]:
-    """Check rows and normalise them to ``{"id": str, "problem": str, ...rest}``."""
-    problems: list[str] = []
-    if not rows:
+def require_columns(n_rows: int, cols, problem_column: str, id_column: Optional[str], source: str,
+                    extra_required: tuple = ()) -> None:
+    """The checks on a dataset's shape that come before any row's: rows exist, the problem
+    column (and ``extra_required``) and the id column are there; each a ``DataError``."""
+    if not n_rows:
         raise DataError(["the dataset has no rows; fix: check the file or the split"], source)
-    cols = set().union(*(r.keys() for r in rows[:1000]))
     for col in (problem_column, *extra_required):
         if col not in cols:
             raise DataError([f"column {col!r} is missing (columns: {sorted(cols)}); fix: set data.problem_column "
@@ -63,6 +62,14 @@ def validate_rows(rows: list[dict], problem_column: str, id_column: Optional[str
     if id_column and id_column not in cols:
         raise DataError([f"id column {id_column!r} is missing (columns: {sorted(cols)}); fix: set data.id_column: null "
                          "to use row numbers, or add the column"], source)
+
+
+def validate_rows(rows: list[dict], problem_column: str, id_column: Optional[str], source: str = "",
+                  extra_required: tuple[str, ...] = ()) -> list[dict]:
+    """Check rows and normalise them to ``{"id": str, "problem": str, ...rest}``."""
+    problems: list[str] = []
+    require_columns(len(rows), set().union(*(r.keys() for r in rows[:1000])), problem_column, id_column, source,
+                    extra_required)
     seen: dict[str, int] = {}
     out = []
     for i, r in enumerate(rows):
