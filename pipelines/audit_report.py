@@ -266,7 +266,8 @@ def render_report(stats: dict) -> str:
               "- **ROUGE-L, BLEU, token F1** (x100): the paper's overlap of the first inverted sample of every row "
               "with the target's true trace (`scoring/metrics.py`; a row without a sample scores 0). "
               "In the toy world inverted traces are in the surrogate's notation (`6+5->1` where the target writes "
-              "`6+5=1`), so overlap stays well below 100 even when every step is right.",
+              "`6+5=1`): BLEU and token F1 see the notation and stay low even when every step is right; "
+              "ROUGE-L's tokenizer keeps only letters and digits, so such a trace scores 100.",
               "- **every step right**: share of first samples whose every step is right (toy world, `check_steps`).",
               "- **hidden values recovered**: of the running values the policy does not show (neither its summary nor "
               "the answer), the share the first sample states correctly: leakage beyond what is shown.",
