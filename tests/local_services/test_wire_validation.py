@@ -144,10 +144,38 @@ TOY_ROLE = {"target": "toy-target", "surrogate": "toy-surrogate", "compressor": 
             "inverter": "toy-inverter"}
 
 
-def readme_configs() -> list[dict]:
+def readme_yaml_blocks() -> list[dict]:
     text = README.read_text()
     section = text[text.index("## Real use"):text.index("\n## ", text.index("## Real use") + 5)]
     return [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+
+
+def readme_configs() -> list[dict]:
+    """The README's run configs (its audit policies files are checked on their own)."""
+    return [b for b in readme_yaml_blocks() if "policies" not in b]
+
+
+def test_the_readme_audit_policies_files_load_and_merge_into_a_valid_config(tmp_path, monkeypatch):
+    """Each README policies file reads with the audit's loader, and every policy's `set`
+    merged into the embedded default is a valid run config (files it names created)."""
+    from trace_inversion.pipelines.audit_policies import load_policy_config, read_policies_file
+
+    blocks = [b for b in readme_yaml_blocks() if "policies" in b]
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    for i, block in enumerate(blocks):
+        for item in block["policies"]:
+            for section in (item.get("set") or {}).values():
+                for v in (section.values() if isinstance(section, dict) else []):
+                    if isinstance(v, str) and v.endswith(".txt"):
+                        Path(v).parent.mkdir(parents=True, exist_ok=True)
+                        Path(v).write_text("Summarise the reasoning below in two sentences.\n")
+        f = tmp_path / f"policies{i}.yaml"
+        f.write_text(yaml.safe_dump(block))
+        policies = read_policies_file(str(f))
+        assert [p.name for p in policies] == [it["name"] for it in block["policies"]]
+        for pol in policies:
+            load_policy_config(None, pol.overrides, pol)
 
 
 def test_the_readme_shows_both_target_set_ups():
