@@ -122,9 +122,10 @@ def world_lines(runs: list[dict]) -> list[str]:
     w = (runs[0].get("world") if runs else None) or {}
     if not w:
         return []
+    from trace_inversion.config import ToyWorldConfig
     from trace_inversion.toy.world import ToyWorld
 
-    tw = ToyWorld(**{k: v for k, v in w.items() if k in ToyWorld.__dataclass_fields__})
+    tw = ToyWorld.from_config(ToyWorldConfig.model_validate(w))
     shown, comp = tw.revealed_steps(), tw.revealed_steps(compressor=True)
     n = tw.n_ops
     errs = f"steps {tw.surrogate_reliable_steps + 1}-{n}" if tw.surrogate_reliable_steps < n else "none"

@@ -229,18 +229,14 @@ def trace_step_correctness(out: Path, inv: dict, inv_steps: dict) -> dict:
     checker): the surrogate's on the target's problems, the inverter's first samples,
     the answer-verified and the step-verified traces, the target's own."""
     from trace_inversion.data.io import read_split
-    from trace_inversion.toy.world import check_steps, parse_problem
-
-    def share(rows: list[dict], col: str) -> Optional[float]:
-        checked = [check_steps(parse_problem(r["problem"]), r.get(col) or "")["all_correct"] for r in rows
-                   if parse_problem(r["problem"]) is not None]
-        return round(sum(checked) / len(checked), 4) if checked else None
+    from trace_inversion.pipelines.invert import toy_step_share
 
     st, st_steps = inv.get("toy_all_steps_correct") or {}, inv_steps.get("toy_all_steps_correct") or {}
-    return {"surrogate_traces": share(read_split(out / SURROGATE_STAGE, "traces"), "surrogate_trace"),
+    return {"surrogate_traces": toy_step_share(read_split(out / SURROGATE_STAGE, "traces"), "surrogate_trace"),
             "inverted_unfiltered": st.get("unfiltered"), "inverted_verified": st.get("kept"),
             "inverted_step_verified": st_steps.get("kept"),
-            "target_traces": share(read_split(out / STAGES["query-target"]["folder"], "target"), "target_trace")}
+            "target_traces": toy_step_share(read_split(out / STAGES["query-target"]["folder"], "target"),
+                                            "target_trace")}
 
 
 def run_demo(output: Optional[str] = None, seeds: int = 1, config_path: Optional[str] = None,
