@@ -4,7 +4,7 @@ student >= 95%, so the students can learn the task; <= 10 minutes per seed on 2
 cores) and, over the seeds, each claim's verdict as it fell (supported, not
 supported, or within noise: see pipelines/demo/report.py `claim_verdicts`). The claims
 are measured, not targets: nothing here fails when one does not hold.
-Writes benchmarks/demo_results.md with the report.
+Writes benchmarks/demo_results.md with the report, and its chart as demo_results.png.
 
 Run: python benchmarks/demo.py [--seeds 3] [--output runs/demo-bench]
      python benchmarks/demo.py --from-run DIR   (check a finished `trace-inversion demo -o DIR`)
@@ -31,8 +31,10 @@ def main() -> None:
 
         report = run_demo(output=a.output, seeds=a.seeds)
     stats = json.loads((Path(a.output) / "stats.json").read_text())
+    # a seed that reused finished work (a rerun) has no from-scratch time: its time check is not measured
     checks = [{"seed": r["seed"], "minutes": round(r["seconds"] / 60, 2), "oracle": r["accuracy"].get("target_traces"),
-               "oracle_ge_95": r["accuracy"].get("target_traces", 0) >= 0.95, "minutes_le_10": r["seconds"] <= 600}
+               "oracle_ge_95": r["accuracy"].get("target_traces", 0) >= 0.95,
+               "minutes_le_10": None if r.get("reused") else r["seconds"] <= 600, "reused": r.get("reused", [])}
               for r in stats["runs"]]
     out = {"benchmark": "demo", "seeds": len(stats["runs"]),
            "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -40,7 +42,14 @@ def main() -> None:
            "claims": [{k: c.get(k) for k in ("claim", "verdict", "mean_difference", "noise", "per_seed")}
                       for c in stats.get("claims", [])],
            "demo_targets_met": all(c["oracle_ge_95"] and c["minutes_le_10"] for c in checks)}
+    if any(c["reused"] for c in checks):
+        out["note"] = "some seeds reused finished work: their minutes are not from scratch (minutes_le_10: null)"
     print(json.dumps(out, indent=2))
+    import shutil
+
+    shutil.copyfile(Path(a.output) / "results.png", Path(__file__).with_name("demo_results.png"))
+    report = report.replace("## The paper's claims", "![student accuracy per condition](demo_results.png)\n\n"
+                            "## The paper's claims", 1)
     Path(__file__).with_name("demo_results.md").write_text(
         report.split("\nWrote ")[0] + "\n\n## Figures (JSON)\n\n```json\n" + json.dumps(out, indent=2) + "\n```\n"
         f"\nRun: `python benchmarks/demo.py --seeds {len(stats['runs'])}` (or `trace-inversion demo --seeds "

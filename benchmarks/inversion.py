@@ -12,7 +12,15 @@ cache. Ratios of generated tokens per second, with the one-time engine start tak
 out of the pipeline's wall time (``ratio_vs_raw``, goal >= 0.90) and left in
 (``ratio_vs_raw_with_startup``). Prints JSON.
 
-Run: python benchmarks/inversion.py [--rows 1024] [--max-new-tokens 48]
+The pipeline's cost beyond generation is mostly per run, not per token: measured
+2026-11-30 at 2,048 rows, ~3 s (the engine's shutdown in the step's unload ~1.5 s,
+vLLM's and the project's garbage collection included; distilabel's start and finish;
+the request cache's commits; writing the parquet, card and stats). So the ratio depends
+on how long a run generates: the default, 2,048 traces of 256 tokens, is still far
+shorter than real inverted traces (thousands of tokens each); ``--max-new-tokens 48``
+shows the short-run end (``overhead_seconds`` is printed either way).
+
+Run: python benchmarks/inversion.py [--rows 2048] [--max-new-tokens 256]
 """
 
 import argparse
@@ -47,7 +55,7 @@ llm.llm_engine.engine_core.shutdown()
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=2048)
-    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
     a = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from trace_inversion.config import load_config
@@ -112,6 +120,9 @@ def main() -> None:
         "ratio_vs_raw": round(pipe_tokens / (pipe_s - load_s) / raw_tps, 3),
         # the generation phase only (cache lookups and commits included)
         "ratio_generation_vs_raw": round(pipe_tokens / tm["generation_seconds"] / raw_tps, 3),
+        # wall time outside the engine's start and the generation calls: distilabel, filters,
+        # consistency, length statistics, the engine's shutdown, writing
+        "overhead_seconds": round(pipe_s - load_s - tm["generation_seconds"], 2),
         "kept": stats["kept"], "rejected": stats["rejected"], "overlap_metrics": False, "goal_ratio_vs_raw": 0.90,
     }
     out["meets_goal"] = out["ratio_vs_raw"] >= 0.90

@@ -48,7 +48,7 @@ from typing import Optional
 
 from trace_inversion.config import ConfigError, RunConfig, deep_merge, load_config
 from trace_inversion.pipelines import STAGES
-from trace_inversion.pipelines.demo.run import DEMO_WORLD
+from trace_inversion.pipelines.demo.run import DEMO, DEMO_WORLD
 from trace_inversion.pipelines.audit_policies import (ATTACK, PRIOR, Policy, load_policy_config, policy_problems,
                                                       resolve_policies, revealed_steps, toy_answer_only_fix)
 
@@ -60,7 +60,8 @@ DEFAULT_OUTPUT = "runs/audit"
 TOY_DEFAULTS = {"data": {"toy": {"n_train": 3000, "n_test": 300, "n_ops": 5,
                                  **{k: v for k, v in DEMO_WORLD.items() if not k.startswith(("compressor_", "summary_"))}}},
                 "invert": {"max_attempts": 4, "max_model_len": 512}}
-TOY_SIZE = {"inverter_steps": 1000, "layers": 3, "max_new_tokens": 64, "target_rows": 1000, "student_steps": 500,
+TOY_SIZE = {"inverter_steps": 1000, "layers": 3, "max_new_tokens": 64, "target_rows": 1000,
+            "student_steps": DEMO["student_steps"],
             "eval_max_new_tokens": 64}
 PRIOR_FOLDER = "surrogate_on_targets"
 
@@ -588,7 +589,8 @@ def add_parser(subparsers) -> None:
                         "gain")
     p.add_argument("--student-recipe", help="student recipe (default toy: tiny/student.yaml)")
     p.add_argument("--student-base-model", help="model the students start from (default toy: the tiny Llama)")
-    p.add_argument("--student-steps", type=int, help="training steps per student (toy default 500)")
+    p.add_argument("--student-steps", type=int,
+                   help=f"training steps per student (toy default: the demo's, {TOY_SIZE['student_steps']})")
     p.add_argument("--eval-benchmark", help="students' held-out benchmark outside the toy world (file or Hub id)")
     p.add_argument("--eval-answer-column", help="its answer column")
     p.add_argument("--eval-split", default="test", help="its split (default test)")

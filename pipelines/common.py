@@ -41,8 +41,9 @@ def run_distiset(pipeline, cfg: RunConfig | None = None, stage: str | None = Non
     when ``cfg.runtime.ray`` is set (the same DAG, steps as Ray actors). tqdm's monitor
     thread is stopped first: a fork while it holds tqdm's lock hangs the step process.
     """
-    from trace_inversion.distilabel_compat import patch_write_buffer, stop_tqdm_monitor
+    from trace_inversion.distilabel_compat import patch_poll_intervals, patch_write_buffer, stop_tqdm_monitor
 
+    patch_poll_intervals()
     patch_write_buffer()
     stop_tqdm_monitor()
     # distilabel reloads <cache>/pipeline.yaml even with use_cache=False; a run killed

@@ -209,6 +209,10 @@ def render_report(runs: list[dict], size: dict, seconds: float) -> str:
             lines.append(f"- seed {r['seed']} {stage}: `{rel['repo']}` @ {rel['version']}")
     per_seed = ", ".join(f"{r.get('seconds', 0) / 60:.1f}" for r in runs)
     lines += ["", f"Total time: {seconds / 60:.1f} min on this machine ({per_seed} min per seed).", ""]
+    for r in runs:
+        if r.get("reused"):
+            lines.append(f"Seed {r['seed']} reused finished work ({', '.join(r['reused'])}): its time is this "
+                         "run's, not a run from scratch.")
     return "\n".join(lines)
 
 

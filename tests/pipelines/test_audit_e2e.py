@@ -1,11 +1,12 @@
-"""``trace-inversion audit`` end to end at a tiny size: the zero point and two policies
-of the toy world (3-operation chains, 150 problems), a tiny inverter trained per policy
-(100 steps of ``trl sft``) and run with transformers; then the same command again, which
-must reuse every stage and trained model (no model call, no training).
+"""``trace-inversion audit`` end to end at a small size, on seeds 0 and 1: the zero point
+and two policies of the toy world (3-operation chains, 200 audited problems, 600 attacker
+problems), a tiny inverter trained per policy (300 steps of ``trl sft``) and run with
+transformers; the leakage ordering that holds by wide margins on both seeds; then the
+same command again, which must reuse every stage and trained model (no model call, no
+training).
 
-The sizes test the machinery, not the leakage: the inverters are far from trained. The
-full-size audit (``trace-inversion audit``, 4 policies, 1,000 steps per inverter) is run
-by hand and recorded."""
+The full-size audit (``trace-inversion audit``, 4 policies, 1,000 steps per inverter) is
+run by hand and recorded in benchmarks/audit_results.md."""
 
 import json
 import sqlite3
@@ -17,16 +18,30 @@ ROOT = Path(__file__).resolve().parents[2]
 SCORES = ("rougeL", "bleu", "token_f1", "rouge1", "rouge2", "exact_match")
 
 
+# Seen at this size (benchmarks/audit_results.md, "The CI audit"), seed 0 / seed 1: first
+# inverted traces with every step right, none (the surrogate) / answer-only / every-1:
+# 50.5 / 3.5 / 100.0 and 50.0 / 2.0 / 68.0; ROUGE-L 81.7 / 64.1 / 100.0 and 82.0 / 53.7 /
+# 100.0. Only every-1 over answer-only is wide on both seeds, so only it is asserted
+# (every-1 over none: 49.5 / 18.0 points).
+SEEDS = (0, 1)
+EVERY_STEP_OVER_ANSWER_ONLY = 30.0  # points of traces with every step right; seen 96.5 / 66.0
+EVERY_STEP_ROUGE_OVER_ANSWER_ONLY = 15.0  # ROUGE-L points; seen 35.9 / 46.3
+
+
 @pytest.mark.slow
-def test_audit_tiny_end_to_end_and_free_rerun(tmp_path, capsys):
+@pytest.mark.parametrize("seed", SEEDS)
+def test_audit_end_to_end_its_ordering_and_a_free_rerun(tmp_path, capsys, seed):
+    """What each policy reveals is set by the world; how much of the hidden reasoning a
+    trained inverter recovers from it is measured: a summary of every step must leak more
+    than the answer alone."""
     from conftest import MODEL_CACHE
     from trace_inversion.cli import main
 
     out = tmp_path / "audit"
-    argv = ["audit", "-o", str(out), "--policies", "none,answer-only,every-1", "--inverter-steps", "100",
-            "--target-rows", "150", "--inverter-backend", "transformers", "--models-cache", str(MODEL_CACHE),
-            "--set", "data.toy.n_train=150", "--set", "data.toy.n_test=20", "--set", "data.toy.n_ops=3",
-            "--set", "data.toy.surrogate_reliable_steps=1", "--set", "invert.max_attempts=2"]
+    argv = ["audit", "-o", str(out), "--policies", "none,answer-only,every-1", "--inverter-steps", "300",
+            "--target-rows", "200", "--inverter-backend", "transformers", "--models-cache", str(MODEL_CACHE),
+            "--set", f"seed={seed}", "--set", f"data.toy.seed={seed}", "--set", "data.toy.n_train=600",
+            "--set", "data.toy.n_test=20", "--set", "data.toy.n_ops=3", "--set", "invert.max_attempts=1"]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "| every-1 | steps 1,2,3 |" in table and "| answer-only | steps 3 |" in table
@@ -37,6 +52,11 @@ def test_audit_tiny_end_to_end_and_free_rerun(tmp_path, capsys):
     assert stats["table_markdown"] in report and stats["audit"]["command"] in report
     pols = {p["name"]: p for p in stats["policies"]}
     assert list(pols) == ["none", "answer-only", "every-1"]
+    right = {n: p["all_steps_right_first"] for n, p in pols.items()}
+    rouge = {n: p["overlap_first"]["rougeL"] for n, p in pols.items()}
+    print(f"seed {seed}: every step right {right}; ROUGE-L {rouge}")
+    assert right["every-1"] - right["answer-only"] >= EVERY_STEP_OVER_ANSWER_ONLY, right
+    assert rouge["every-1"] - rouge["answer-only"] >= EVERY_STEP_ROUGE_OVER_ANSWER_ONLY, rouge
     # what each policy reveals, as reported
     assert pols["none"]["revealed_steps"] == [] and pols["answer-only"]["revealed_steps"] == [3]
     assert pols["every-1"]["revealed_steps"] == [1, 2, 3]
@@ -44,7 +64,7 @@ def test_audit_tiny_end_to_end_and_free_rerun(tmp_path, capsys):
     assert pols["every-1"]["summary"]["shown"] == 100.0 and pols["answer-only"]["summary"]["shown"] == 0.0
     assert "step 1 gives" in pols["every-1"]["summary"]["example"]
     for name, p in pols.items():
-        assert p["rows"] == 150, name
+        assert p["rows"] == 200, name
         for k in SCORES:
             assert 0.0 <= p["overlap_first"][k] <= 100.0, (name, k)
         for k in ("all_steps_right_first", "steps_right_first", "answer_consistent_first"):
@@ -56,9 +76,9 @@ def test_audit_tiny_end_to_end_and_free_rerun(tmp_path, capsys):
         assert (out / "policies" / name / "models" / "inverter" / "config.json").exists()
         assert p["inverter"]["backend"] == "transformers"
     assert 0.0 <= pols["answer-only"]["hidden_values_recovered"] <= 100.0
-    assert pols["answer-only"]["hidden_values"] == 2 * 150  # steps 1 and 2 of every row
+    assert pols["answer-only"]["hidden_values"] == 2 * 200  # steps 1 and 2 of every row
     assert pols["every-1"]["hidden_values_recovered"] is None  # it hides nothing
-    assert pols["none"]["hidden_values"] == 3 * 150  # the zero point sees no step at all
+    assert pols["none"]["hidden_values"] == 3 * 200  # the zero point sees no step at all
     # the answer-only inverter was trained without summaries, the every-1 one with them
     recipes = {n: (out / "policies" / n / "models" / "inverter.run" / "recipe.resolved.yaml").read_text()
                for n in ("answer-only", "every-1")}
@@ -120,3 +140,4 @@ def test_audit_students_report_the_gain_and_are_reused(tmp_path):
     assert main(argv) == 0
     again = json.loads((out / "stats.json").read_text())
     assert again["audit"]["all_reused"] and all(p["student"]["reused"] for p in again["policies"])
+

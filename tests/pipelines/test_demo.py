@@ -163,6 +163,11 @@ def test_demo_mid_size_two_seeds_ordering_data_flow_and_resume(tmp_path):
     assert requests() == before
     stats2 = json.loads((out / "stats.json").read_text())
     assert [r["accuracy"] for r in stats2["runs"]] == [r["accuracy"] for r in stats["runs"]]
+    # a time from scratch only where nothing was reused, and the report says which seeds reused work
+    assert all(r["reused"] == [] for r in stats["runs"])
+    assert all({"query_target", "invert", "invert_steps", "train_inverter", "train_target_traces"} <= set(r["reused"])
+               for r in stats2["runs"])
+    assert "Seed 0 reused finished work (" in (out / "report.md").read_text()
     assert list_tags(out / "releases" / "inversion-seed0") == ["v1"]  # an unchanged release is not re-tagged
     # the user's checkout: HEAD, branches, tags, index and tracked files untouched, nothing to commit
     after = _checkout_state(clone)

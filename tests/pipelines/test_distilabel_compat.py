@@ -72,3 +72,27 @@ def test_no_tqdm_monitor_thread_is_alive_when_distilabel_forks(tmp_path):
     finally:
         stop_tqdm_monitor()
         tqdm.monitor_interval = monitor_interval
+
+
+def test_the_pipeline_thread_polls_promptly(tmp_path, monkeypatch):
+    """distilabel's pipeline thread slept 2.5 s between checks that its steps were loaded
+    (and 0.5 s for them to finish): ~3 s lost by every pipeline run. After a run its
+    module's ``time`` caps every sleep at POLL_SECONDS and is otherwise ``time`` (the
+    speed-up itself is measured by benchmarks/inversion.py)."""
+    import time
+
+    from distilabel.pipeline import base
+
+    from trace_inversion.distilabel_compat import POLL_SECONDS
+
+    rows = [{"i": i} for i in range(10)]
+    with Pipeline(name="prompt-poll", cache_dir=str(tmp_path / "cache")) as p:
+        LoadDataFromDicts(name="load", data=rows, batch_size=10) >> WithABar(name="bar", input_batch_size=10)
+    out = run_distiset(p)["default"]["train"].to_list()
+    assert [r["j"] for r in out] == list(range(1, 11))
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    base.time.sleep(2.5)  # what the load wait sleeps between its checks
+    base.time.sleep(0.001)
+    assert slept == [POLL_SECONDS, 0.001]
+    assert base.time.monotonic is time.monotonic and base.time.time is time.time
