@@ -140,4 +140,3 @@ def test_audit_students_report_the_gain_and_are_reused(tmp_path):
     assert main(argv) == 0
     again = json.loads((out / "stats.json").read_text())
     assert again["audit"]["all_reused"] and all(p["student"]["reused"] for p in again["policies"])
-
