@@ -61,7 +61,7 @@ TOY_DEFAULTS = {"data": {"toy": {"n_train": 3000, "n_test": 300, "n_ops": 5,
                                  **{k: v for k, v in DEMO_WORLD.items() if not k.startswith(("compressor_", "summary_"))}}},
                 "invert": {"max_attempts": 4, "max_model_len": 512}}
 TOY_SIZE = {"inverter_steps": 1000, "layers": 3, "max_new_tokens": 64, "target_rows": 1000,
-            "student_steps": DEMO["student_steps"],
+            "student_steps": DEMO["student_steps"], "student_batch": DEMO["student_batch"],
             "eval_max_new_tokens": 64}
 PRIOR_FOLDER = "surrogate_on_targets"
 
@@ -139,6 +139,7 @@ def size(opts: Options, toy: bool) -> dict:
             (None if opts.students or not toy else TOY_SIZE["target_rows"]),
             "student_steps": opts.student_steps if opts.student_steps is not None else
             (TOY_SIZE["student_steps"] if toy else None),
+            "student_batch": TOY_SIZE["student_batch"] if toy else None,  # else the student recipe's
             "parallel": opts.parallel if opts.parallel is not None else (2 if toy else 1),
             "eval_max_new_tokens": opts.eval_max_new_tokens or (TOY_SIZE["eval_max_new_tokens"] if toy else 8192)}
 
@@ -431,6 +432,8 @@ def run_students(opts: Options, base_cfg: RunConfig, attacks: list[PolicyRun], a
     for name, (model_dir, data_dir, conf) in jobs.items():
         over = {"model_name_or_path": base, "dataset_name": str(data_dir), "dataset_config": conf,
                 "output_dir": str(model_dir), "max_steps": sz["student_steps"], "seed": base_cfg.seed}
+        if sz.get("student_batch"):
+            over["per_device_train_batch_size"] = sz["student_batch"]
         queue.add(f"student_{name}", partial(start_training, recipe, over, model_dir.parent / f"{model_dir.name}.run",
                                              env, f"student {name}"),
                   then=partial(_queue_eval, queue, name, model_dir, bench, sz, accuracy, reused))
@@ -524,9 +527,10 @@ def collect(opts: Options, base_cfg: RunConfig, runs: list[PolicyRun], sz: dict,
     students = None
     if opts.students:
         students = (f"Costly: per policy a student trained on the inverted (verified) traces and one on the answers "
-                    f"alone ({sz['student_steps'] or 'recipe'} steps each, one answer-only student shared by policies "
-                    "with the same answers; row-matched when students.matched), evaluated on held-out problems; "
-                    "gain = inverted - answer-only, in points.")
+                    f"alone ({sz['student_steps'] or 'recipe'} steps"
+                    f"{' of batch %d' % sz['student_batch'] if sz.get('student_batch') else ''} each, one "
+                    "answer-only student shared by policies with the same answers; row-matched when "
+                    "students.matched), evaluated on held-out problems; gain = inverted - answer-only, in points.")
     # the time the results took to compute: this run's, or when it reused everything, the earlier run's
     work = round(seconds, 1)
     if all_reused:

@@ -146,8 +146,8 @@ def toy_step_share(rows: list[dict], trace_key: str) -> float | None:
 def run_invert(cfg: RunConfig, rows: list[dict] | None = None, folder: str = STAGES["invert"]["folder"]) -> dict:
     """Run the stage (``Stage``: reused when finished with the same inputs) into
     ``<output.dir>/<folder>``; returns its stats. The demo runs it twice, with
-    ``verifiers: [answer]`` and ``[answer, steps]``, into two folders: the samples both
-    draw are the same cached requests, so the second run pays only for its resamples."""
+    ``verifiers: [answer, steps]`` and ``[answer]``, into two folders: the samples both
+    draw are the same cached requests, so the second run replays them from the cache."""
     rows = rows if rows is not None else load_inversion_rows(cfg)
     ref = length_reference(cfg, rows)
     # the length filter's surrogate reference changes the output: part of the fingerprint (only when used)

@@ -4,8 +4,9 @@ Per world seed: query the programmatic target; build the inverter's data from th
 programmatic surrogate on the attacker's own problems (summaries by the attacker's
 compressor, which differs from the target's summariser: ``run.DEMO_WORLD``); train a
 tiny inverter with the tiny recipe (``trl sft``); invert the target's answers +
-summaries twice with verified synthesis, once with answer consistency and once with
-answer consistency + the toy world's exact step checker; publish local releases (git
+summaries twice with verified synthesis, once with answer consistency + the toy world's
+exact step checker and once with answer consistency alone (its samples replay from the
+request cache: the first run drew every one of them); publish local releases (git
 repository, one tag per version); build the student conditions, row-matched (every
 condition on the problems all of them have); train one tiny student per condition;
 evaluate every student on held-out problems with the same matcher as the consistency

@@ -141,14 +141,20 @@ def world_lines(runs: list[dict]) -> list[str]:
             f"{tw.compressor_drop:g}) |", ""]
 
 
+def _batch(size: dict, key: str) -> str:
+    """The report's " of batch N" where the size names the batch (else the recipe's is used)."""
+    return f" of batch {size[key]}" if size.get(key) else ""
+
+
 def render_report(runs: list[dict], size: dict, seconds: float) -> str:
     conds = [c for c in DEMO_CONDITIONS if any(c in r["accuracy"] for r in runs)]
     lines = ["# trace-inversion demo: the toy world", "",
              f"Chained arithmetic mod 10 ({size['n_ops']} operations, left to right); {size['n_train']} target "
              f"problems, {size['n_test']} held-out test problems per seed; tiny Llama students "
-             f"({size['layers']} layers, hidden 128) trained from scratch for {size['student_steps']} steps with "
-             f"`trl sft`, every condition on the same problems (row-matched); tiny inverter "
-             f"{size['inverter_steps']} steps; greedy decoding for evaluation.", ""]
+             f"({size['layers']} layers, hidden 128) trained from scratch for {size['student_steps']} steps"
+             f"{_batch(size, 'student_batch')} with `trl sft`, every condition on the same problems (row-matched); "
+             f"tiny inverter {size['inverter_steps']} steps{_batch(size, 'inverter_batch')}; greedy decoding for "
+             "evaluation.", ""]
     lines += world_lines(runs)
     lines += ["## Student accuracy on held-out problems", "",
               "| condition | " + " | ".join(f"seed {r['seed']}" for r in runs) + " | mean | sd |",

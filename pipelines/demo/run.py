@@ -32,8 +32,13 @@ from trace_inversion.training.sft import TRAIN_THREADS_ENV, BackgroundRun, start
 # Tiny-world training sizes, calibrated on 2 cores (see benchmarks/demo_calibration.md).
 # Students: 700 steps. Row-matched, they train on the 500-1,200 problems the step checker
 # kept; at 500 steps seed 1's oracle stopped at 90.7% (99.7% at 700), at 300 seed 0's at 36%.
+# Students in batches of 16 (the recipe's 32 halved): training is compute-bound (a step's
+# time is its matrix products), and at 32 a seed's work needs over 10 minutes of both
+# cores; the oracle needs the steps, not the rows per step (batch 16: 97.7 / 97.3% on
+# seeds 0 / 1). The inverter keeps 32: at 16 it kept 280 / 420 problems instead of 503 /
+# 1,191 and seed 1's oracle, trained on 420, stopped at 78% (benchmarks/demo_calibration.md).
 DEMO = {"n_train": 3000, "n_test": 300, "n_ops": 5, "inverter_steps": 1000, "student_steps": 700,
-        "layers": 3, "max_new_tokens": 64, "parallel": 2}
+        "inverter_batch": 32, "student_batch": 16, "layers": 3, "max_new_tokens": 64, "parallel": 2}
 DEFAULT_OUTPUT = "runs/demo"
 # The demo's world (data.toy), chosen before any student was trained and not tuned towards
 # a result (README "The demo"; benchmarks/demo_calibration.md): the target reveals steps 2
@@ -48,6 +53,9 @@ DEMO_WORLD = {"summary_every": 2, "summary_offset": 0, "summary_style": "gives",
               "surrogate_errors": "systematic", "surrogate_reliable_steps": 0, "surrogate_error_rate": 0.2,
               "compressor_every": 1, "compressor_offset": 0, "compressor_style": None, "compressor_drop": 0.5}
 STEP_FOLDER = "inversion_steps"
+# Student trainings, longest first: trace conditions (longest rows), then summary + answer, then the answer alone.
+TRAIN_ORDER = ["target_traces", "inverted_step_verified", "inverted_verified", "inverted_unfiltered",
+               "surrogate_traces", "summary_answer", "answer_only"]
 
 
 def _log(msg: str) -> None:
@@ -64,14 +72,18 @@ def seed_overrides(seed: int, out: Path, size: dict, inverter_backend: str, over
     """The run config of one seed (the user's ``overrides`` last): the toy world of this
     seed at the demo's size, the trained tiny inverter, verified synthesis."""
     gen = {"max_new_tokens": size["max_new_tokens"], "seed": seed}
+    inverter = {"backend": inverter_backend, "model": str(out / "models" / "inverter"), "sampling": gen}
+    if inverter_backend == "vllm":
+        # vLLM's default 256 sequences a step leave a tiny model's engine mostly waiting on
+        # its per-step work: 1,024 generate the same samples (seeded per request) in half the time
+        inverter["engine_kwargs"] = {"max_num_seqs": 1024}
     return deep_merge({
         "name": f"demo-seed{seed}", "seed": seed,
         # the paper's premise: a surrogate that is systematically weaker (errors students inherit)
         "data": {"toy": {"seed": seed, "n_train": size["n_train"], "n_test": size["n_test"], "n_ops": size["n_ops"],
                          **DEMO_WORLD}},
         "output": {"dir": str(out)},
-        "models": {"inverter": {"backend": inverter_backend, "model": str(out / "models" / "inverter"),
-                                "sampling": gen}},
+        "models": {"inverter": inverter},
         "invert": {"max_attempts": 4, "max_model_len": 512},
     }, overrides)
 
@@ -102,7 +114,8 @@ class SeedJobs:
         return start_sft("tiny/inverter.yaml", {
             "model_name_or_path": self.base_model, "dataset_name": str(self.out / STAGES["build-inverter-data"]["folder"]),
             "dataset_config": "with_summary", "output_dir": str(self.out / "models" / "inverter"),
-            "max_steps": self.size["inverter_steps"], "seed": self.seed},
+            "max_steps": self.size["inverter_steps"], "per_device_train_batch_size": self.size["inverter_batch"],
+            "seed": self.seed},
             self.out / "models" / "inverter.run", env={TRAIN_THREADS_ENV: str(max(1, self.size["parallel"]))})
 
     def start_student(self, c: str, folder: str, threads: Optional[int] = None) -> BackgroundRun:
@@ -114,7 +127,8 @@ class SeedJobs:
             "model_name_or_path": self.base_model, "dataset_name": str(self.out / folder),
             "dataset_config": f"{c}_matched",
             "output_dir": str(self.out / "models" / f"student-{c}"), "max_steps": self.size["student_steps"],
-            "seed": self.seed}, self.out / "models" / f"student-{c}.run",
+            "per_device_train_batch_size": self.size["student_batch"], "seed": self.seed},
+            self.out / "models" / f"student-{c}.run",
             env={TRAIN_THREADS_ENV: str(threads)} if threads else self.env)
 
     def train_student(self, c: str, folder: str, threads: Optional[int] = None, first: bool = False) -> None:
@@ -162,7 +176,7 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
     out = base / f"seed{seed}"
     over = seed_overrides(seed, out, size, inverter_backend, overrides)
     # The inverter folder exists only after training: validate the rest now, the inverter later.
-    pre = deep_merge(over, {"models": {"inverter": {"backend": "toy", "model": "toy-inverter"}}})
+    pre = deep_merge(over, {"models": {"inverter": {"backend": "toy", "model": "toy-inverter", "engine_kwargs": None}}})
     cfg = load_config(config_path, pre)
     timings: dict[str, float] = {}
     train, test = load_rows(cfg.data, "train"), load_rows(cfg.data, "test")
@@ -185,11 +199,15 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
         cfg = load_config(config_path, over)
         # vLLM's CPU engine binds an OpenMP thread to every core and spins at barriers: next
         # to a training it ran ~4x slower (148 s instead of 34 s), so nothing trains meanwhile.
-        _log(f"seed {seed}: invert with verified synthesis, answer consistency ({inverter_backend})")
-        inv = _timed(timings, "invert", run_invert, cfg)
-        _log(f"seed {seed}: invert with verified synthesis, answer consistency + the step checker")
+        # The step-verified run first: every sample the answer-verified run draws (same
+        # prompts, same per-round seeds; a sample failing its answer fails both) is then
+        # in the request cache, so the second run replays instead of generating.
+        _log(f"seed {seed}: invert with verified synthesis, answer consistency + the step checker "
+             f"({inverter_backend})")
         cfg_steps = load_config(config_path, deep_merge(over, {"invert": {"verifiers": ["answer", "steps"]}}))
         inv_steps = _timed(timings, "invert_steps", run_invert, cfg_steps, None, STEP_FOLDER)
+        _log(f"seed {seed}: invert with verified synthesis, answer consistency")
+        inv = _timed(timings, "invert", run_invert, cfg)
         releases = {}
         for stage in (STAGES["query-target"]["folder"], STAGES["invert"]["folder"]):
             repo = base / "releases" / f"{stage}-seed{seed}"
@@ -202,7 +220,8 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
         counts.update({c: sd["matched"].get(f"{c}_matched", 0) for c in DEMO_CONDITIONS})
         _log(f"seed {seed}: every condition trains on the same {sd['matched_rows']} problems (row-matched)")
         groups = same_data(out / folder, [f"{c}_matched" for c in DEMO_CONDITIONS if counts.get(c)])
-        for cm, same in groups.items():
+        # longest trainings first, so the queue's two slots finish together (no student alone at the end)
+        for cm, same in sorted(groups.items(), key=lambda g: TRAIN_ORDER.index(g[0][: -len("_matched")])):
             c, s_ = cm[: -len("_matched")], same[: -len("_matched")]
             trained[c] = s_
             if s_ == c:

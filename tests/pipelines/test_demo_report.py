@@ -103,3 +103,22 @@ def test_report_states_the_world_the_claims_and_the_step_correctness():
     assert "| step-verified >= unfiltered | **within noise** | +10.0 | 0.0 |" not in rep  # 0 sd: +10 beats it
     assert "| step-verified >= unfiltered | **supported** | +10.0 | 0.0 |" in rep
     assert "| surrogate traces | 30.0% | 30.0% |" in rep and "seed 0: 900" in rep
+
+
+def test_the_report_names_the_batches_and_students_queue_longest_first(tmp_path):
+    """The batch sizes the demo trains with are in the report's first paragraph (absent:
+    the recipes' own); the student trainings are queued longest rows first (traces, then
+    summary + answer, then the answer alone), so the queue's two slots finish together."""
+    from trace_inversion.pipelines.demo.report import DEMO_CONDITIONS
+    from trace_inversion.pipelines.demo.run import DEMO, TRAIN_ORDER
+
+    size = {"n_ops": 3, "n_train": 10, "n_test": 5, "layers": 2, "student_steps": 7, "inverter_steps": 9}
+    run = _run(0, tmp_path / "inversion")
+    rep = render_report([run], dict(size, student_batch=16, inverter_batch=32), 60.0)
+    assert "trained from scratch for 7 steps of batch 16 with `trl sft`" in rep
+    assert "tiny inverter 9 steps of batch 32;" in rep
+    rep = render_report([run], size, 60.0)
+    assert "for 7 steps with `trl sft`" in rep and "tiny inverter 9 steps;" in rep
+    assert DEMO["student_batch"] and DEMO["inverter_batch"]
+    assert sorted(TRAIN_ORDER) == sorted(DEMO_CONDITIONS)
+    assert TRAIN_ORDER[-2:] == ["summary_answer", "answer_only"]
