@@ -24,6 +24,8 @@ def step_kwargs(cfg: RunConfig, role: str, total_rows: int, max_model_len: int |
 
     m = getattr(cfg.models, role)
     batch = max(64, m.concurrency * 4) if m.backend not in ("vllm", "transformers") else 256
+    if m.backend == "vllm":  # a batch large enough to fill the sequences the engine runs at once
+        batch = max(batch, int((m.engine_kwargs or {}).get("max_num_seqs") or 0))
     llm = llm_from_config(m, toy_world=cfg.data.toy if m.backend == "toy" else None, max_model_len=max_model_len)
     kw = dict(llm=llm, cache_path=str(cfg.resolved_cache_path.resolve()), input_batch_size=batch,
               total_rows=total_rows, resources=step_resources(cfg, role), retry_failed=cfg.runtime.retry_failed,

@@ -33,3 +33,16 @@ def test_fingerprint_ignores_where_it_runs_but_not_what_it_computes(tmp_path):
     assert a != stage_fingerprint(_cfg(tmp_path), "invert", rows + [{"id": "2", "problem": "q"}])
     (tmp_path / "model.safetensors").write_bytes(b"retrained weights")  # same folder, new model
     assert a != stage_fingerprint(_cfg(tmp_path), "invert", rows)
+
+
+def test_a_vllm_step_batch_fills_the_sequences_its_engine_runs_at_once(tmp_path):
+    """Local backends get batches of 256 rows; a vLLM engine told to run more sequences
+    at once (engine_kwargs.max_num_seqs) gets batches that large, or it never could."""
+    from trace_inversion.pipelines.common import step_kwargs
+
+    (tmp_path / "config.json").write_text("{}")
+    assert step_kwargs(_cfg(tmp_path), "inverter", 10)["input_batch_size"] == 256
+    wide = {"inverter": {"backend": "vllm", "model": str(tmp_path), "engine_kwargs": {"max_num_seqs": 1024}}}
+    assert step_kwargs(_cfg(tmp_path, models=wide), "inverter", 10)["input_batch_size"] == 1024
+    narrow = {"inverter": {"backend": "vllm", "model": str(tmp_path), "engine_kwargs": {"max_num_seqs": 8}}}
+    assert step_kwargs(_cfg(tmp_path, models=narrow), "inverter", 10)["input_batch_size"] == 256
