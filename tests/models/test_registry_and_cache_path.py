@@ -10,6 +10,7 @@ import pytest
 from distilabel.models.llms.base import AsyncLLM
 
 from trace_inversion.models import CachedModel, llm_from_config, model_for_step
+from trace_inversion.models.cached import local_chunk_size
 from trace_inversion.models.cache import RequestCache
 from trace_inversion.models.project import ToyLLM
 from trace_inversion.toy.world import ToyWorld
@@ -24,6 +25,10 @@ def test_registry_builds_local_roles_with_their_engine_settings(tiny_lm_dir):
     assert type(v).__name__ == "VLLM" and v.dtype == "float16" and v.cuda_devices == [1, 2]
     assert v.extra_kwargs == {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.45, "max_model_len": 2048,
                               "enable_prefix_caching": True}
+    # requests per engine call: 256, or as many as the engine runs at once
+    assert local_chunk_size(v) == 256
+    wide = llm_from_config({"backend": "vllm", "model": str(tiny_lm_dir), "engine_kwargs": {"max_num_seqs": 1024}})
+    assert local_chunk_size(wide) == 1024
     t = llm_from_config({"backend": "transformers", "model": str(tiny_lm_dir), "dtype": "bfloat16",
                          "cuda_devices": [0]})
     assert type(t).__name__ == "TransformersLLM" and t.cfg.dtype == "bfloat16" and t.cuda_devices == [0]

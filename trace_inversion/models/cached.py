@@ -31,6 +31,15 @@ from trace_inversion.models.project import ProjectLLM
 Messages = list[dict]
 
 
+def local_chunk_size(llm) -> int:
+    """Requests per call of a local LLM (the cache commits after each): 64, or for vLLM
+    256 and at least the sequences its engine runs at once (``max_num_seqs``), so that
+    a wider engine is fed wide enough."""
+    if getattr(llm, "backend", "") != "vllm":
+        return 64
+    return max(256, int((getattr(llm, "extra_kwargs", None) or {}).get("max_num_seqs") or 0))
+
+
 class CachedModel:
     """``generate(conversations, seeds, retries) -> [CallResult]`` for any LLM."""
 
@@ -43,7 +52,7 @@ class CachedModel:
         self.project = isinstance(llm, ProjectLLM)
         self.is_async = isinstance(llm, AsyncLLM)
         self.concurrency = getattr(getattr(llm, "cfg", None), "concurrency", concurrency)
-        self.chunk_size = chunk_size or (256 if getattr(llm, "backend", "") == "vllm" else 64)
+        self.chunk_size = chunk_size or local_chunk_size(llm)
         self.hits = Usage()  # cache hits
         self.misses = Usage()  # generations, for LLMs that do not count what they paid themselves
         self._own_usage = self.project and hasattr(type(llm), "usage")  # the API/toy clients count theirs
