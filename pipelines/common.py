@@ -21,12 +21,12 @@ def step_kwargs(cfg: RunConfig, role: str, total_rows: int, max_model_len: int |
     (resolved by the registry; the toy world's settings go to the toy backend only),
     the run's request cache, batch size, resources (GPU placement) and progress."""
     from trace_inversion.models import llm_from_config
+    from trace_inversion.models.cached import local_chunk_size
 
     m = getattr(cfg.models, role)
-    batch = max(64, m.concurrency * 4) if m.backend not in ("vllm", "transformers") else 256
-    if m.backend == "vllm":  # a batch large enough to fill the sequences the engine runs at once
-        batch = max(batch, int((m.engine_kwargs or {}).get("max_num_seqs") or 0))
     llm = llm_from_config(m, toy_world=cfg.data.toy if m.backend == "toy" else None, max_model_len=max_model_len)
+    # local engines: 256 rows, or for vLLM at least the sequences its engine runs at once
+    batch = max(64, m.concurrency * 4) if m.backend not in ("vllm", "transformers") else max(256, local_chunk_size(llm))
     kw = dict(llm=llm, cache_path=str(cfg.resolved_cache_path.resolve()), input_batch_size=batch,
               total_rows=total_rows, resources=step_resources(cfg, role), retry_failed=cfg.runtime.retry_failed,
               progress_dir=str(progress_dir(cfg)))
