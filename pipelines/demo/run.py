@@ -293,8 +293,8 @@ def add_parser(subparsers) -> None:
     add_config_args(p)
     p.add_argument("--seeds", type=int, default=1, help="world seeds to run (default 1)")
     p.add_argument("--size", action="append", default=[], metavar="KEY=N",
-                   help="override a demo size (n_train, n_test, n_ops, inverter_steps, student_steps, layers, "
-                        "max_new_tokens), e.g. --size n_train=400 for a quick run")
+                   help="override a demo size (n_train, n_test, n_ops, inverter_steps, student_steps, inverter_batch, "
+                        "student_batch, layers, max_new_tokens), e.g. --size n_train=400 for a quick run")
     p.add_argument("--inverter-backend", choices=["vllm", "transformers"], default="vllm",
                    help="engine that runs the trained inverter (default vllm)")
     p.set_defaults(func=main)
