@@ -74,8 +74,9 @@ def seed_overrides(seed: int, out: Path, size: dict, inverter_backend: str, over
     gen = {"max_new_tokens": size["max_new_tokens"], "seed": seed}
     inverter = {"backend": inverter_backend, "model": str(out / "models" / "inverter"), "sampling": gen}
     if inverter_backend == "vllm":
-        # vLLM's default 256 sequences a step leave a tiny model's engine mostly waiting on
-        # its per-step work: 1,024 generate the same samples (seeded per request) in half the time
+        # 1,024 sequences a step instead of vLLM's 256: the same samples (seeded per request);
+        # half the time when the engine shares the cores, no change on an idle machine
+        # (benchmarks/demo_calibration.md, "Stop 23")
         inverter["engine_kwargs"] = {"max_num_seqs": 1024}
     return deep_merge({
         "name": f"demo-seed{seed}", "seed": seed,
