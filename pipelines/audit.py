@@ -48,6 +48,7 @@ from typing import Optional
 
 from trace_inversion.config import ConfigError, RunConfig, deep_merge, load_config
 from trace_inversion.pipelines import STAGES
+from trace_inversion.pipelines.demo.report import batch_phrase
 from trace_inversion.pipelines.demo.run import DEMO, DEMO_WORLD
 from trace_inversion.pipelines.audit_policies import (ATTACK, PRIOR, Policy, load_policy_config, policy_problems,
                                                       resolve_policies, revealed_steps, toy_answer_only_fix)
@@ -528,7 +529,7 @@ def collect(opts: Options, base_cfg: RunConfig, runs: list[PolicyRun], sz: dict,
     if opts.students:
         students = (f"Costly: per policy a student trained on the inverted (verified) traces and one on the answers "
                     f"alone ({sz['student_steps'] or 'recipe'} steps"
-                    f"{' of batch %d' % sz['student_batch'] if sz.get('student_batch') else ''} each, one "
+                    f"{batch_phrase(sz, 'student_batch')} each, one "
                     "answer-only student shared by policies with the same answers; row-matched when "
                     "students.matched), evaluated on held-out problems; gain = inverted - answer-only, in points.")
     # the time the results took to compute: this run's, or when it reused everything, the earlier run's

@@ -141,8 +141,9 @@ def world_lines(runs: list[dict]) -> list[str]:
             f"{tw.compressor_drop:g}) |", ""]
 
 
-def _batch(size: dict, key: str) -> str:
-    """The report's " of batch N" where the size names the batch (else the recipe's is used)."""
+def batch_phrase(size: dict, key: str) -> str:
+    """' of batch N' where the size names the batch (absent: the recipe's is used), for the
+    demo's and the audit's reports."""
     return f" of batch {size[key]}" if size.get(key) else ""
 
 
@@ -152,8 +153,8 @@ def render_report(runs: list[dict], size: dict, seconds: float) -> str:
              f"Chained arithmetic mod 10 ({size['n_ops']} operations, left to right); {size['n_train']} target "
              f"problems, {size['n_test']} held-out test problems per seed; tiny Llama students "
              f"({size['layers']} layers, hidden 128) trained from scratch for {size['student_steps']} steps"
-             f"{_batch(size, 'student_batch')} with `trl sft`, every condition on the same problems (row-matched); "
-             f"tiny inverter {size['inverter_steps']} steps{_batch(size, 'inverter_batch')}; greedy decoding for "
+             f"{batch_phrase(size, 'student_batch')} with `trl sft`, every condition on the same problems (row-matched); "
+             f"tiny inverter {size['inverter_steps']} steps{batch_phrase(size, 'inverter_batch')}; greedy decoding for "
              "evaluation.", ""]
     lines += world_lines(runs)
     lines += ["## Student accuracy on held-out problems", "",
