@@ -106,7 +106,9 @@ class SeedJobs:
         self.test_file.write_text("".join(json.dumps({"id": r["id"], "problem": r["problem"],
                                                       REFERENCE_COLUMN: r[REFERENCE_COLUMN]}) + "\n" for r in test))
         self.eval_env = dict(os.environ, OMP_NUM_THREADS="1") if size["parallel"] > 1 else None
-        self.queue = TrainQueue(max(1, size["parallel"]))
+        # Evaluations (a few seconds, one thread) run in a side slot beside the two trainings:
+        # no training waits for one, and the odd training at the end has company.
+        self.queue = TrainQueue(max(1, size["parallel"]), side_slots=1 if size["parallel"] > 1 else 0)
 
     def start_inverter(self) -> BackgroundRun:
         """The inverter trains alone (every student waits for the inversion its rows are
@@ -140,7 +142,8 @@ class SeedJobs:
     def evaluate(self, c: str, _trained: Optional[dict] = None) -> None:
         """Queue the evaluation of condition ``c``'s student, ahead of queued trainings."""
         d = claim_dir(self.out / "eval" / c)  # the evaluate command writes only folders the project made
-        self.queue.add(f"eval_{c}", partial(self.start_eval, c, d), then=partial(self.record, c), first=True)
+        self.queue.add(f"eval_{c}", partial(self.start_eval, c, d), then=partial(self.record, c), first=True,
+                       side=True)
 
     def start_eval(self, c: str, d: Path) -> BackgroundRun:
         cmd = [sys.executable, "-m", "trace_inversion.cli", "evaluate",

@@ -220,6 +220,20 @@ def test_train_queue_runs_background_jobs_in_order_within_its_slots(tmp_path):
     q.wait("ticker")
     assert len(ticks.read_text().split()) == 40
 
+    # a side job (an evaluation) starts in a side slot beside full slots, ahead of a queued
+    # long job; without a free side slot it waits for a slot like any job
+    side = TrainQueue(1, side_slots=1)
+    order.clear()
+    side.add("long1", job("long1", 0.6))
+    side.add("long2", job("long2"))
+    side.add("short1", job("short1"), side=True)
+    side.add("short2", job("short2"), side=True)
+    assert order == ["long1", "short1"] and side.side == {"short1"} and len(side.pending) == 2
+    side.wait("short1")
+    assert order == ["long1", "short1", "short2"] and side.side == {"short2"}
+    side.wait()
+    assert order == ["long1", "short1", "short2", "long2"] and not side.side
+
     q.add("bad", job("bad", 0.1, rc=3))
     with pytest.raises(RuntimeError, match="bad failed"):
         q.wait()

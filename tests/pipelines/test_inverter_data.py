@@ -1,6 +1,7 @@
 """Inverter training data: prompts, think-splitting, steps and the pipeline on the toy world."""
 
 import json
+import os
 
 import polars as pl
 import pytest
@@ -125,6 +126,25 @@ def test_tiny_recipe_trains_for_real_and_loss_falls(tiny_lm_dir, tmp_path):
                                            "output_dir": str(tmp_path / "inv"), "max_steps": 40, "logging_steps": 5},
                     tmp_path / "inv.run")
     assert again["reused"]  # a finished training run is not repeated on rerun
+    # start_sft runs TRL's sft script itself on one CPU process; `trl sft --config` on the
+    # same resolved recipe (through accelerate launch) trains the same model, bit for bit
+    import filecmp
+    import subprocess
+    import sys
+
+    import yaml
+
+    from trace_inversion.training.sft import TRAIN_THREADS_ENV, parse_losses, trl_command
+
+    by_cli = dict(yaml.safe_load(resolved), output_dir=str(tmp_path / "inv-cli"))
+    (tmp_path / "cli.yaml").write_text(yaml.safe_dump(by_cli))
+    r = subprocess.run(trl_command() + ["sft", "--config", str(tmp_path / "cli.yaml"), "--num_processes", "1",
+                                        "--num_cpu_threads_per_process",
+                                        os.environ.get(TRAIN_THREADS_ENV) or str(os.cpu_count()), "--mixed_precision", "no"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert [l["loss"] for l in parse_losses(r.stdout + r.stderr) if "loss" in l] == losses
+    assert filecmp.cmp(tmp_path / "inv" / "model.safetensors", tmp_path / "inv-cli" / "model.safetensors", shallow=False)
 
 
 @pytest.mark.slow

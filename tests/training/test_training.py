@@ -155,6 +155,61 @@ def test_launcher_checks(monkeypatch):
     with pytest.raises(UserError, match="use_cpu"):
         training.check_launcher({"accelerate_config": "multi_gpu", "use_cpu": True})
     training.check_launcher({"use_cpu": True})
+    with pytest.raises(UserError, match="one process"):
+        training.check_launcher({"use_cpu": True, "num_processes": 2})
+
+
+# What `accelerate launch` (as `trl sft` calls it on one CPU process) really starts: its
+# launch_command with subprocess.Popen recorded instead of run.
+ACCELERATE_CPU = r"""
+import json, os, subprocess, sys
+from accelerate.commands.launch import launch_command, launch_command_parser
+seen = {}
+class Recorded:
+    returncode = 0
+    def __init__(self, cmd, env=None, **kw):
+        seen.update(cmd=cmd, env=env)
+    def wait(self):
+        return 0
+subprocess.Popen = Recorded
+parent = dict(os.environ)
+launch_command(launch_command_parser().parse_args(
+    ["--num_processes", "1", "--num_cpu_threads_per_process", "3", "--mixed_precision", "no", "sft.py", "--config", "r.yaml"]))
+print(json.dumps({"parent": parent, "cmd": seen["cmd"], "env": seen["env"]}))
+"""
+
+
+def test_the_direct_cpu_launch_is_what_accelerate_launch_starts():
+    """On one CPU process start_sft starts TRL's sft script itself instead of `trl sft`
+    (-> accelerate launch -> the script): the same interpreter, script arguments and
+    environment as accelerate's own launcher gives it."""
+    r = subprocess.run([sys.executable, "-c", ACCELERATE_CPU], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="7"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert seen["cmd"] == [sys.executable, "sft.py", "--config", "r.yaml"]
+    assert training.cpu_launch_env(seen["parent"], 3) == seen["env"]
+    assert training.sft_script().name == "sft.py" and training.sft_script().parent.name == "scripts"
+    assert (training.sft_script().parent.parent / "__init__.py").exists()  # inside the installed trl
+
+
+def test_a_cpu_recipe_runs_the_sft_script_with_the_launch_environment(tmp_path, monkeypatch):
+    """start_sft on a use_cpu recipe: TRL's sft script on the resolved recipe, its
+    threads from TRACE_INVERSION_TRAIN_THREADS, accelerate's CPU environment."""
+    record = tmp_path / "call.json"
+    script = tmp_path / "sft.py"
+    script.write_text("import json, os, sys\n"
+                      f"json.dump({{'argv': sys.argv, 'env': dict(os.environ)}}, open({str(record)!r}, 'w'))\n")
+    monkeypatch.setattr(training, "sft_script", lambda: script)
+    data = tmp_path / "data"
+    data.mkdir()
+    over = {"model_name_or_path": "m", "dataset_name": str(data), "output_dir": str(tmp_path / "o")}
+    res = training.start_sft("tiny/student.yaml", over, tmp_path / "o.run", env={training.TRAIN_THREADS_ENV: "2"})
+    assert res.result(60)["reused"] is False
+    call = json.loads(record.read_text())
+    assert call["argv"] == [str(script), "--config", str(tmp_path / "o.run" / "recipe.resolved.yaml")]
+    assert call["env"]["OMP_NUM_THREADS"] == "2" and call["env"]["ACCELERATE_USE_CPU"] == "False"
+    assert call["env"]["ACCELERATE_MIXED_PRECISION"] == "no"
 
 
 def _fake_trl(tmp_path, monkeypatch):
