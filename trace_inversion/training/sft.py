@@ -3,7 +3,10 @@
 ``run_sft(recipe, overrides, run_dir)`` resolves a recipe (a TRL-native YAML from
 ``recipes/``) with run-specific fields (model, dataset folder, output folder), writes
 the resolved YAML next to the model for provenance, and runs ``trl sft --config`` in
-a subprocess. The logged training losses are parsed from its output.
+a subprocess. The logged training losses are parsed from its output. A CPU recipe (one
+process) starts the script ``trl sft`` launches directly, with the environment
+``accelerate launch`` gives it (``cpu_launch_env``): the same training, bit for bit,
+without the launcher's two Python start-ups.
 
 Multi-GPU: a recipe (or ``trace-inversion train --accelerate-config``) names an
 accelerate config with the key ``accelerate_config`` and may set ``num_processes``.
