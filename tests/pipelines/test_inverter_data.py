@@ -130,7 +130,6 @@ def test_tiny_recipe_trains_for_real_and_loss_falls(tiny_lm_dir, tmp_path):
     # same resolved recipe (through accelerate launch) trains the same model, bit for bit
     import filecmp
     import subprocess
-    import sys
 
     import yaml
 
