@@ -157,7 +157,9 @@ def cpu_launch_env(env: dict, threads: int) -> dict:
     """``env`` as ``accelerate launch --num_processes 1 --num_cpu_threads_per_process N
     --mixed_precision no`` (what ``trl sft`` runs on one CPU process) passes it to the
     script: accelerate's simple launcher sets exactly these variables (a unit test
-    compares them with accelerate's own ``prepare_simple_launcher_cmd_env``)."""
+    compares them with what accelerate's own ``launch_command`` starts). A default
+    accelerate config of the user's (``accelerate config``), which ``accelerate launch``
+    would also read, does not apply to these one-process CPU runs."""
     return dict(env, ACCELERATE_USE_CPU="False",  # `trl sft` passes no --cpu: the recipe's use_cpu decides
                 ACCELERATE_MIXED_PRECISION="no", ACCELERATE_DYNAMO_BACKEND="NO", ACCELERATE_DYNAMO_MODE="default",
                 ACCELERATE_DYNAMO_USE_FULLGRAPH="False", ACCELERATE_DYNAMO_USE_DYNAMIC="False",
