@@ -12,8 +12,9 @@ Run: python benchmarks/demo.py [--seeds 3] [--output runs/demo-bench]
 
 import argparse
 import json
-import platform
 import os
+import platform
+import shutil
 from pathlib import Path
 
 
@@ -45,8 +46,6 @@ def main() -> None:
     if any(c["reused"] for c in checks):
         out["note"] = "some seeds reused finished work: their minutes are not from scratch (minutes_le_10: null)"
     print(json.dumps(out, indent=2))
-    import shutil
-
     shutil.copyfile(Path(a.output) / "results.png", Path(__file__).with_name("demo_results.png"))
     report = report.replace("## The paper's claims", "![student accuracy per condition](demo_results.png)\n\n"
                             "## The paper's claims", 1)

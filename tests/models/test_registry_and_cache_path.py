@@ -3,7 +3,6 @@ with the config's engine settings, CachedModel is the one cache path for any dis
 LLM (the project's and distilabel's own), and the project's LLMs work in distilabel's
 own Tasks."""
 
-import asyncio
 from typing import Optional
 
 import pytest

@@ -12,7 +12,7 @@ from trace_inversion.config import load_config
 from trace_inversion.data.loading import load_rows
 from trace_inversion.prompts import (COMPRESSOR_PRESETS, compressor_prompt, inverter_messages, prompt_hash,
                                      split_think)
-from trace_inversion.toy.world import ToyWorld, check_steps, parse_problem, trace_values
+from trace_inversion.toy.world import ToyWorld, parse_problem
 
 
 def test_split_think():
