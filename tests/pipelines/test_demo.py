@@ -233,6 +233,10 @@ def test_train_queue_runs_background_jobs_in_order_within_its_slots(tmp_path):
     assert order == ["long1", "short1", "short2"] and side.side == {"short2"}
     side.wait()
     assert order == ["long1", "short1", "short2", "long2"] and not side.side
+    solo = TrainQueue(1)  # no side slot: a side job takes a free slot like any job
+    solo.add("short3", job("short3"), side=True)
+    assert "short3" in solo.running and not solo.side
+    solo.wait()
 
     q.add("bad", job("bad", 0.1, rc=3))
     with pytest.raises(RuntimeError, match="bad failed"):
