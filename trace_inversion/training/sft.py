@@ -297,15 +297,15 @@ def start_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Opt
     full_env = dict(os.environ, **(env or {}))  # no forced offline mode: a Hub model id must download
     full_env.setdefault("TOKENIZERS_PARALLELISM", "false")
     full_env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    cmd = trl_command() + ["sft", "--config", str(resolved)]
-    if data.get("use_cpu"):  # one process (check_launcher refuses an accelerate config on CPU)
-        # `trl sft` runs through `accelerate launch`, which on CPU would otherwise pick
-        # 1 thread, or with OMP_NUM_THREADS set, several DDP processes of 1 thread each.
-        # It then starts TRL's sft script with the environment of `cpu_launch_env`: the
-        # same script, the same environment, started directly, saves the two launcher
+    if data.get("use_cpu"):  # one process (check_launcher refuses an accelerate config or several on CPU)
+        # What `trl sft` would start through `accelerate launch --num_processes 1
+        # --num_cpu_threads_per_process N` (N threads, not accelerate's CPU default of 1):
+        # TRL's sft script with `cpu_launch_env`, started directly, without the two launcher
         # processes' start-ups (~5 s of a tiny training's ~10 s start).
         threads = int(full_env.get(TRAIN_THREADS_ENV) or os.cpu_count() or 1)
         cmd, full_env = [sys.executable, str(sft_script()), "--config", str(resolved)], cpu_launch_env(full_env, threads)
+    else:
+        cmd = trl_command() + ["sft", "--config", str(resolved)]
     (out_dir / "config.json").unlink(missing_ok=True)  # a half-written model never looks finished
     stamp.write_text(fingerprint)
     return BackgroundRun(cmd, log_path, full_env,
