@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from trace_inversion import __version__
 from trace_inversion.toy import tiny_models

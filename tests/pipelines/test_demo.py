@@ -104,6 +104,9 @@ def test_demo_mid_size_two_seeds_ordering_data_flow_and_resume(tmp_path):
     report = run_demo_cli()
     stats = json.loads((out / "stats.json").read_text())
     assert [r["seed"] for r in stats["runs"]] == SEEDS
+    # every training and evaluation forked from the pre-imported server, none started plain
+    jobs = sum(k.startswith(("train_", "eval_")) for r in stats["runs"] for k in r["timings"])
+    assert stats["fork_server"] == {"forked": jobs, "plain": []} and jobs >= 2 * 5
     n = MID["n_train"]
     for run in stats["runs"]:
         seed = out / f"seed{run['seed']}"

@@ -4,7 +4,7 @@ distilabel's ``generate`` contract over ``generate_responses(batch, seeds)``."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 from pydantic import PrivateAttr
 

@@ -35,6 +35,7 @@ from typing import Optional
 import yaml
 
 from trace_inversion.errors import UserError
+from trace_inversion.training.forkserver import popen_job
 
 _LOG_LINE = re.compile(r"\{'loss': .*?\}")
 # CPU threads of one `trl sft` process (default: every core); the demo runs two trainings
@@ -166,22 +167,31 @@ def cpu_launch_env(env: dict, threads: int) -> dict:
                 ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION="False", OMP_NUM_THREADS=str(threads))
 
 
+def job_env(extra: Optional[dict] = None) -> dict:
+    """The environment a background job (a training, an evaluation) starts with: this
+    process's, plus ``extra``, with tokenizers' parallelism and Hub telemetry off unless set."""
+    env = dict(os.environ, **(extra or {}))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    return env
+
+
 class BackgroundRun:
     """A command run in the background, its output in a log file; ``result()`` waits for
     it and returns ``finish(log)`` plus ``seconds`` (raising if it failed). Built with
-    ``finished=`` it is a run that was already done (reused from disk)."""
+    ``finished=`` it is a run that was already done (reused from disk). ``spawn(cmd,
+    log_file, env)`` starts the process (default ``popen_job``; a ``ForkServer``'s forks
+    a pre-imported one)."""
 
     def __init__(self, cmd: Optional[list[str]] = None, log_path: Optional[Path] = None, env: Optional[dict] = None,
-                 finish=None, finished: Optional[dict] = None, name: str = "command"):
+                 finish=None, finished: Optional[dict] = None, name: str = "command", spawn=None):
         self.log_path, self.name, self._finish, self._result = log_path, name, finish, finished
         self.proc, self._log_file = None, None
         self._t0 = time.time()
         if finished is None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(log_path, "w")
-            # its own process group: kill() reaches what it starts (accelerate launches trl)
-            self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            self.proc = (spawn or popen_job)(cmd, self._log_file, env)
 
     def done(self) -> bool:
         return self._result is not None or self.proc.poll() is not None
@@ -214,7 +224,8 @@ class BackgroundRun:
     def kill(self) -> None:
         if self.proc is not None:
             try:
-                os.killpg(self.proc.pid, 9)  # the group outlives a launcher that has exited
+                if self.proc.pid is not None:  # None: a forked job that never started
+                    os.killpg(self.proc.pid, 9)  # the group outlives a launcher that has exited
             except ProcessLookupError:
                 pass
             self.proc.wait()
@@ -274,8 +285,10 @@ def data_fingerprint(recipe: dict) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def start_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Optional[dict] = None) -> BackgroundRun:
-    """Start ``trl sft --config`` in the background (its output goes to ``train.log``).
+def start_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Optional[dict] = None,
+              spawn=None) -> BackgroundRun:
+    """Start ``trl sft --config`` in the background (its output goes to ``train.log``;
+    ``spawn``: see ``BackgroundRun``).
 
     A finished run (its output folder holds ``config.json``, the resolved recipe is
     unchanged and so is its data: ``data_fingerprint``) is not trained again, so a rerun
@@ -294,9 +307,7 @@ def start_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Opt
             "output_dir": str(out_dir), "losses": parse_losses(log_path.read_text()), "seconds": 0.0,
             "log": str(log_path), "reused": True})
     check_launcher(data)
-    full_env = dict(os.environ, **(env or {}))  # no forced offline mode: a Hub model id must download
-    full_env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    full_env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    full_env = job_env(env)  # no forced offline mode: a Hub model id must download
     if data.get("use_cpu"):  # one process (check_launcher refuses an accelerate config or several on CPU)
         # What `trl sft` would start through `accelerate launch --num_processes 1
         # --num_cpu_threads_per_process N` (N threads, not accelerate's CPU default of 1):
@@ -310,7 +321,7 @@ def start_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Opt
     stamp.write_text(fingerprint)
     return BackgroundRun(cmd, log_path, full_env,
                          finish=lambda log: {"output_dir": str(out_dir), "losses": parse_losses(log),
-                                             "log": str(log_path), "reused": False}, name="trl sft")
+                                             "log": str(log_path), "reused": False}, name="trl sft", spawn=spawn)
 
 
 def run_sft(recipe: str, overrides: dict, run_dir: str | os.PathLike, env: Optional[dict] = None,
