@@ -18,6 +18,11 @@ step-correctness of every trace source and the filter counts: ``report.md``,
 Resumable: model calls replay from the request cache, finished trainings are reused,
 stage files are written atomically; run the same command again after Ctrl-C.
 
+Trainings and evaluations run as background processes forked from one process that
+imported torch, transformers and TRL once (``training.forkserver``; its log is
+``fork-server.log``, and ``stats.json``'s ``fork_server`` counts the jobs forked and any
+started as plain processes): the same runs, bit for bit, without ~5 s of imports each.
+
 ``run`` runs the seeds (and holds the ``demo`` command), ``scheduler`` the background
 trainings and evaluations, ``report`` the report, the verdicts and the chart.
 """

@@ -158,12 +158,21 @@ def test_kill_pause_and_close_reach_the_forked_job(tmp_path, script):
         run.signal_group(signal.SIGCONT)
         run.kill()
         assert run.proc.poll() == -9 and _gone(pid)
-        # closing the server stops a job still running
+        # closing the server stops a job still running, even while a process forked from
+        # this one (as distilabel forks its workers) holds the server's stdin open
         other = BackgroundRun([sys.executable, str(script), "sleep"], tmp_path / "t.log", _env(), spawn=server.spawn)
         pid2 = other.proc.pid
         assert _alive(pid2)
+        holder = os.fork()
+        if holder == 0:
+            time.sleep(30)
+            os._exit(0)
+        t = time.time()
     finally:
         server.close()
+    assert time.time() - t < 5
+    os.kill(holder, signal.SIGKILL)
+    os.waitpid(holder, 0)
     assert _gone(pid2) and other.proc.poll() == -9
     with pytest.raises(RuntimeError, match=r"failed \(-9\)"):
         other.result()

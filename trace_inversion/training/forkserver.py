@@ -81,7 +81,7 @@ def env_difference(server_env: dict, job_env: dict) -> list[str]:
 def python_entry(cmd: list[str]) -> Optional[tuple[str, str, list[str]]]:
     """``("script", path, args)`` for ``python path args``, ``("module", name, args)`` for
     ``python -m name args`` run by this interpreter; None for anything else."""
-    if len(cmd) < 2 or os.path.realpath(cmd[0]) != os.path.realpath(sys.executable):
+    if len(cmd) < 2 or os.path.abspath(cmd[0]) != os.path.abspath(sys.executable):
         return None
     if cmd[1] == "-m" and len(cmd) > 2:
         return "module", cmd[2], cmd[3:]
@@ -180,6 +180,14 @@ def _reply(msg: dict) -> None:
     sys.stdout.flush()  # before any fork: a child must not inherit unwritten replies
 
 
+def _kill_groups(pids) -> None:
+    for pid in pids:
+        try:
+            os.killpg(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
 def serve(modules: Sequence[str] = PRELOAD) -> None:
     _preload(modules)
     children: dict[int, int] = {}  # pid -> job id
@@ -192,15 +200,15 @@ def serve(modules: Sequence[str] = PRELOAD) -> None:
                 data = os.read(0, 1 << 16)
                 if not data:  # the client is gone: its jobs go too
                     open_ = False
-                    for pid in children:
-                        try:
-                            os.killpg(pid, 9)
-                        except ProcessLookupError:
-                            pass
+                    _kill_groups(children)
                 buf += data
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     job = json.loads(line)
+                    if job.get("close"):  # the client is done: stop what still runs, then exit
+                        open_ = False
+                        _kill_groups(children)
+                        break
                     pid = os.fork()
                     if pid == 0:
                         _child(job)
@@ -290,7 +298,8 @@ class ForkServer:
         if self.proc is None:
             self._start()
         self._next_id += 1
-        job = {"id": self._next_id, "argv": list(cmd), "env": env, "cwd": os.getcwd(), "log": str(log_file.name)}
+        job = {"id": self._next_id, "argv": list(cmd), "env": env, "cwd": os.getcwd(),
+               "log": os.path.abspath(log_file.name)}
         self.states[job["id"]] = {}
         self.proc.stdin.write((json.dumps(job) + "\n").encode())
         self.proc.stdin.flush()
@@ -316,20 +325,19 @@ class ForkServer:
             msg = json.loads(line)
             self.states[msg.pop("id")].update(msg)
         if eof:  # the server is gone: a job it did not see end is killed and counts as killed
-            for state in self.states.values():
-                if "rc" not in state:
-                    if state.get("pid"):
-                        try:
-                            os.killpg(state["pid"], 9)
-                        except ProcessLookupError:
-                            pass
-                    state["rc"] = -9
+            unfinished = [st for st in self.states.values() if "rc" not in st]
+            _kill_groups([st["pid"] for st in unfinished if st.get("pid")])
+            for st in unfinished:
+                st["rc"] = -9
 
     def close(self) -> None:
         """Stop the server; it kills any job still running."""
         if self.proc is None:
             return
         try:
+            # an explicit message: a process forked from the client (a distilabel worker)
+            # may hold the pipe open, so the server would not see it close
+            self.proc.stdin.write(b'{"close": true}\n')
             self.proc.stdin.close()
         except BrokenPipeError:
             pass
