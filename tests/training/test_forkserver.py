@@ -204,9 +204,9 @@ time.sleep(60)
         run = BackgroundRun([sys.executable, str(script), "sleep"], tmp_path / "d.log", _env(), spawn=server.spawn)
         pid = run.proc.pid
         server.proc.kill()
-        with pytest.raises(RuntimeError, match=r"failed \(-9\)"):
+        with pytest.raises(RuntimeError, match=r"failed \(-9\)") as err:
             run.result(timeout=10)
-        assert _gone(pid)
+        assert _gone(pid) and "the fork server exited before this job ended" in str(err.value)
         # and a job after that starts as a plain process
         after = BackgroundRun([sys.executable, str(script), "0"], tmp_path / "e.log", _env(), spawn=server.spawn)
         assert isinstance(after.proc, subprocess.Popen) and "fork server exited" in server.fallbacks[-1]

@@ -103,7 +103,9 @@ def _preload(modules: Sequence[str]) -> None:
     import importlib
     import warnings
 
-    with warnings.catch_warnings():  # import-time warnings: each job's own run shows them
+    # import-time warnings are not shown (here nor in the jobs' logs, as they would be in a
+    # fresh process's): the libraries' deprecation notices, not the run's
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in modules:
             importlib.import_module(name)
@@ -300,7 +302,7 @@ class ForkServer:
         self._next_id += 1
         job = {"id": self._next_id, "argv": list(cmd), "env": env, "cwd": os.getcwd(),
                "log": os.path.abspath(log_file.name)}
-        self.states[job["id"]] = {}
+        self.states[job["id"]] = {"log": job["log"]}
         self.proc.stdin.write((json.dumps(job) + "\n").encode())
         self.proc.stdin.flush()
         self.forked += 1
@@ -329,6 +331,8 @@ class ForkServer:
             _kill_groups([st["pid"] for st in unfinished if st.get("pid")])
             for st in unfinished:
                 st["rc"] = -9
+                with open(st["log"], "a") as log:  # the job's error message quotes its log
+                    log.write(f"\n[the fork server exited before this job ended; its log: {self.log_path}]\n")
 
     def close(self) -> None:
         """Stop the server; it kills any job still running."""
