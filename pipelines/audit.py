@@ -410,6 +410,8 @@ def run_students(opts: Options, base_cfg: RunConfig, attacks: list[PolicyRun], a
     else:
         bench = {"benchmark": opts.eval_benchmark, "answer_column": opts.eval_answer_column, "split": opts.eval_split,
                  "id_column": None}
+    # the students are asked in the user template they were trained with
+    bench["user_template"] = base_cfg.students.user_template_file
     accuracy: dict[str, float] = {}
     reused: dict[str, bool] = {}  # training or evaluation -> reused (finished earlier)
     jobs: dict[str, tuple] = {}  # student name -> (folder, data dir, config)
@@ -465,6 +467,8 @@ def _start_eval(name: str, model_dir: Path, bench: dict, sz: dict):
 
     out = claim_dir(model_dir.parent / f"{model_dir.name}.eval")
     sig = json.dumps(model_signature(str(model_dir)))
+    if bench.get("user_template"):  # a changed template is a new evaluation
+        sig = json.dumps({"model": json.loads(sig), "user_template": Path(bench["user_template"]).read_text()})
     stamp, acc = out / "model.signature", out / "accuracy.json"
     if stamp.exists() and stamp.read_text() == sig and acc.exists():
         return BackgroundRun(finished=dict(json.loads(acc.read_text()), reused=True))
@@ -476,6 +480,8 @@ def _start_eval(name: str, model_dir: Path, bench: dict, sz: dict):
            "--max-new-tokens", str(sz["eval_max_new_tokens"]), "--output", str(out)]
     if bench.get("id_column"):
         cmd += ["--id-column", bench["id_column"]]
+    if bench.get("user_template"):
+        cmd += ["--user-template", bench["user_template"]]
     env = dict(os.environ, OMP_NUM_THREADS="1") if sz["toy"] and sz["parallel"] > 1 else None
     _log(f"evaluate {name}")
     return BackgroundRun(cmd, out / "eval.log", env, name=f"evaluate {name}",

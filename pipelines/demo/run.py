@@ -99,8 +99,10 @@ class SeedJobs:
     ``spawn`` (the demo's ``ForkServer``: forked from a process that imported torch,
     transformers and TRL once)."""
 
-    def __init__(self, seed: int, out: Path, size: dict, base_model: str, test: list[dict], spawn=None):
+    def __init__(self, seed: int, out: Path, size: dict, base_model: str, test: list[dict], spawn=None,
+                 user_template: Optional[str] = None):
         self.seed, self.out, self.size, self.base_model, self.spawn = seed, out, size, base_model, spawn
+        self.user_template = user_template  # students.user_template_file: the students are asked as they were trained
         # Two trainings at once with one thread each beat one with two threads (~1.3x on 2 cores).
         self.env = {TRAIN_THREADS_ENV: "1"} if size["parallel"] > 1 else None
         self.counts: dict[str, int] = {}  # condition -> rows
@@ -156,6 +158,8 @@ class SeedJobs:
                "--benchmark", str(self.test_file), "--split", "test", "--id-column", "id",
                "--answer-column", REFERENCE_COLUMN, "--backend", "transformers", "--temperature", "0",
                "--max-new-tokens", str(self.size["max_new_tokens"]), "--output", str(d)]
+        if self.user_template:
+            cmd += ["--user-template", self.user_template]
         return BackgroundRun(cmd, d / "eval.log", self.eval_env, name=f"evaluate {c}",
                              finish=partial(_read_accuracy, d), spawn=self.spawn)
 
@@ -191,7 +195,7 @@ def run_seed(seed: int, base: Path, config_path: Optional[str], overrides: dict,
     train, test = load_rows(cfg.data, "train"), load_rows(cfg.data, "test")
     attacker = load_rows(cfg.data, "attacker")
     base_model = str(tiny_base_model(base / ".models", seed, size["layers"]))
-    jobs = SeedJobs(seed, out, size, base_model, test, spawn)
+    jobs = SeedJobs(seed, out, size, base_model, test, spawn, cfg.students.user_template_file)
     queue, counts = jobs.queue, jobs.counts
     trained: dict[str, str] = {}  # condition -> the condition whose student it uses (identical data)
     try:

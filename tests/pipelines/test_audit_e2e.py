@@ -140,3 +140,15 @@ def test_audit_students_report_the_gain_and_are_reused(tmp_path):
     assert main(argv) == 0
     again = json.loads((out / "stats.json").read_text())
     assert again["audit"]["all_reused"] and all(p["student"]["reused"] for p in again["policies"])
+    # students trained with a user template of the user's are evaluated in that template
+    import sqlite3
+
+    template = tmp_path / "student_user.txt"
+    template.write_text("Work it out step by step.\n{problem}\n")
+    assert main(argv + ["--set", f"students.user_template_file={template}"]) == 0
+    third = json.loads((out / "stats.json").read_text())
+    assert not any(p["student"]["reused"] for p in third["policies"])  # new data, new students, new evaluations
+    with sqlite3.connect(str(out / "policies" / "every-1" / "models" / "student-inverted.eval" / "requests.sqlite")) as c:
+        requests = [json.loads(r[0]) for r in c.execute("SELECT request FROM requests")]
+    # the evaluation's cache keeps the first runs' requests too; the new ones are all templated
+    assert sum("Work it out step by step.\\n" in json.dumps(r) for r in requests) == 10 == len(requests) - 10

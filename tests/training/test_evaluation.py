@@ -61,3 +61,49 @@ def test_summary_of_rows_without_the_flag():
     # rows written before the flag existed (or built by hand) count as not truncated
     s = summarize({"0": [{"correct": True}, {"correct": False}]})
     assert s["truncation_rate"] == 0.0 and s["accuracy_mean"] == 0.5
+
+
+def test_the_student_is_asked_in_the_user_template_it_was_trained_with(tmp_path, monkeypatch):
+    """A student trained with ``students.user_template_file`` is evaluated with the same
+    template (``evaluate --user-template``); the default is the bare problem."""
+    import types
+
+    import trace_inversion.models as models
+    from trace_inversion.training.evaluation import evaluate_model
+
+    sent = []
+
+    class Recorder:
+        def __init__(self, llm, cache):
+            pass
+
+        def generate(self, batch, seeds):
+            sent.extend(m[0]["content"] for m in batch)
+            return [types.SimpleNamespace(ok=True, response={"answer": "\\boxed{7}", "finish_reason": "stop"})
+                    for _ in batch]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(models, "CachedModel", Recorder)
+    monkeypatch.setattr(models, "llm_from_config", lambda cfg: None)
+    rows = [{"id": "a", "problem": "3 + 4 = ?", "ref": "7"}, {"id": "b", "problem": "2 + 2 = ?", "ref": "4"}]
+    summary, _ = evaluate_model(None, rows, None, reference_column="ref")
+    assert sent == ["3 + 4 = ?", "2 + 2 = ?"] and summary["accuracy_mean"] == 0.5
+    sent.clear()
+    evaluate_model(None, rows, None, reference_column="ref",
+                   user_template="Solve step by step.\n{problem}\nPut the answer in \\boxed{}.")
+    assert sent[0] == "Solve step by step.\n3 + 4 = ?\nPut the answer in \\boxed{}."
+
+
+def test_evaluate_refuses_an_unusable_user_template_before_loading_anything(tmp_path, capsys):
+    from trace_inversion.cli import main
+
+    bad = tmp_path / "user.txt"
+    bad.write_text("Solve this.\n")  # no {problem}
+    out = tmp_path / "eval"
+    rc = main(["evaluate", "--model", str(tmp_path / "no-model"), "--benchmark", str(tmp_path / "no-data.jsonl"),
+               "--user-template", str(bad), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--user-template" in err and "{problem}" in err and "fix:" in err
+    assert not out.exists()

@@ -18,7 +18,7 @@ import statistics
 from typing import Optional, Sequence
 
 from trace_inversion.scoring.answer_matching import answers_match, extract_final_answer
-from trace_inversion.prompts import final_answer_text
+from trace_inversion.prompts import STUDENT_USER_TEMPLATE, fill, final_answer_text
 from trace_inversion.toy.world import REFERENCE_COLUMN
 
 
@@ -57,8 +57,11 @@ def summarize(per_seed: dict[str, list[dict]]) -> dict:
 
 
 def evaluate_model(model_cfg, rows: list[dict], cache, seeds: Sequence[Optional[int]] = (None,),
-                   reference_column: str = REFERENCE_COLUMN) -> tuple[dict, list[dict]]:
-    """Generate an answer for each row (once per seed) and score it."""
+                   reference_column: str = REFERENCE_COLUMN,
+                   user_template: str = STUDENT_USER_TEMPLATE) -> tuple[dict, list[dict]]:
+    """Generate an answer for each row (once per seed) and score it. The user turn is
+    ``user_template`` filled with the problem: the template the student was trained on
+    (``students.user_template_file``; default the bare problem)."""
     from trace_inversion.models import CachedModel, llm_from_config
 
     gen = CachedModel(llm_from_config(model_cfg), cache)
@@ -66,7 +69,8 @@ def evaluate_model(model_cfg, rows: list[dict], cache, seeds: Sequence[Optional[
     all_rows = []
     try:
         for seed in seeds:
-            results = gen.generate([[{"role": "user", "content": r["problem"]}] for r in rows], [seed] * len(rows))
+            results = gen.generate([[{"role": "user", "content": fill(user_template, problem=r["problem"])}]
+                                    for r in rows], [seed] * len(rows))
             outs = [res.response["answer"] if res.ok else None for res in results]
             finishes = [res.response.get("finish_reason") if res.ok else None for res in results]
             scored = score(outs, [str(r[reference_column]) for r in rows], finishes)
@@ -103,6 +107,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--toy-seed", type=int, default=0)
     p.add_argument("--toy-n-train", type=int, default=2000)
     p.add_argument("--toy-n-ops", type=int, default=6)
+    p.add_argument("--user-template", metavar="FILE",
+                   help="the students' user message template they were trained with (students.user_template_file; "
+                        "placeholder {problem}); default: the bare problem")
     p.add_argument("--output", "-o", required=True)
     add_force(p)
     p.set_defaults(func=main)
@@ -115,7 +122,13 @@ def main(args) -> int:
     from trace_inversion.data.loading import load_rows
     from trace_inversion.errors import UserError
     from trace_inversion.data.io import write_json, write_split
+    from trace_inversion.prompts import read_template
 
+    user_template = STUDENT_USER_TEMPLATE
+    if args.user_template:  # checked before any data or model is loaded
+        user_template, problem = read_template(args.user_template, ("problem",))
+        if problem:
+            raise UserError(f"--user-template: {problem}")
     if args.benchmark == "toy":
         data = DataConfig(toy={"seed": args.toy_seed, "n_train": args.toy_n_train, "n_test": args.limit or 500,
                                "n_ops": args.toy_n_ops})
@@ -134,7 +147,8 @@ def main(args) -> int:
     mcfg = ModelConfig(backend=args.backend, model=args.model, sampling=sampling)
     out = claim(args.output, args)
     seeds = list(range(args.seeds)) if args.seeds > 1 else [None]
-    summary, per_row = evaluate_model(mcfg, rows, RequestCache(out / "requests.sqlite"), seeds, reference_column=ref)
+    summary, per_row = evaluate_model(mcfg, rows, RequestCache(out / "requests.sqlite"), seeds, reference_column=ref,
+                                      user_template=user_template)
     write_split(out, "results", per_row)
     write_json(summary, out / "accuracy.json")
     print_json(summary)
