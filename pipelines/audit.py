@@ -264,12 +264,12 @@ def _is_path(model: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- training
-def start_training(recipe: str, overrides: dict, run_dir: Path, env: Optional[dict], name: str):
+def start_training(recipe: str, overrides: dict, run_dir: Path, env: Optional[dict], name: str, spawn=None):
     """``start_sft`` (which retrains when the recipe or its data changed), logged."""
     from trace_inversion.training.sft import start_sft
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = start_sft(recipe, overrides, run_dir, env=env)
+    run = start_sft(recipe, overrides, run_dir, env=env, spawn=spawn)
     if not run.done():
         _log(f"train {name} (log: {run_dir / 'train.log'})")
     return run
@@ -299,7 +299,8 @@ def run_audit(opts: Options) -> dict:
     from trace_inversion.pipelines.invert import run_invert
     from trace_inversion.pipelines.query_target import run_query_target
     from trace_inversion.pipelines.student_data import run_surrogate_on_targets
-    from trace_inversion.training.sft import TRAIN_THREADS_ENV
+    from trace_inversion.training.forkserver import ForkServer
+    from trace_inversion.training.sft import TRAIN_THREADS_ENV, job_env
 
     t0 = time.time()
     base_cfg, runs, sz = plan(opts)
@@ -328,6 +329,10 @@ def run_audit(opts: Options) -> dict:
     env = {TRAIN_THREADS_ENV: "1"} if toy and sz["parallel"] > 1 else None
     queue = TrainQueue(sz["parallel"])
     ready: list[PolicyRun] = []
+    # In the toy world, trainings and evaluations are forked from one process that imported
+    # torch, transformers and TRL once (as the demo's; ~5 s of a core saved per job).
+    server = ForkServer(job_env({"OMP_NUM_THREADS": "1"}), audit_dir / "fork-server.log") if toy else None
+    spawn = server.spawn if server else None
     try:
         for r in attacks:
             _log(f"policy {r.policy.name}: {r.policy.description}")
@@ -336,7 +341,7 @@ def run_audit(opts: Options) -> dict:
                 ready.append(r)
                 continue
             r.stages["build-inverter-data"] = run_build_inverter_data(r.cfg, attacker_rows)
-            queue.add(f"inverter_{r.policy.name}", partial(_start_inverter, r, recipe, base_model, sz, env),
+            queue.add(f"inverter_{r.policy.name}", partial(_start_inverter, r, recipe, base_model, sz, env, spawn),
                       then=partial(_trained, r, ready))
         for r in priors:  # the zero point: the surrogate on the problems of the first attack's query
             _log(f"policy {r.policy.name}: {r.policy.description}")
@@ -355,23 +360,29 @@ def run_audit(opts: Options) -> dict:
                 r.stages["invert"] = run_invert(cfg)
             r.cfg = cfg
         if opts.students:
-            run_students(opts, base_cfg, attacks, audit_dir, queue, sz, env)
+            run_students(opts, base_cfg, attacks, audit_dir, queue, sz, env, spawn)
     finally:
         queue.close()
+        if server:
+            server.close()
     stats = collect(opts, base_cfg, runs, sz, audit_dir, attacker_rows, target_rows, base_model, recipe,
                     time.time() - t0)
+    if server:
+        stats["audit"]["fork_server"] = {"forked": server.forked, "plain": server.fallbacks}
+        if server.fallbacks:
+            _log(f"{len(server.fallbacks)} job(s) started as plain processes: " + "; ".join(server.fallbacks[:3]))
     paths = write_outputs(stats, audit_dir)
     stats["outputs"] = {k: str(v) for k, v in paths.items()}
     return stats
 
 
-def _start_inverter(r: PolicyRun, recipe: str, base_model: str, sz: dict, env: Optional[dict]):
+def _start_inverter(r: PolicyRun, recipe: str, base_model: str, sz: dict, env: Optional[dict], spawn=None):
     data = r.dir / STAGES["build-inverter-data"]["folder"]
     over = {"model_name_or_path": base_model, "dataset_name": str(data),
             "dataset_config": "with_summary" if r.cfg.invert.with_summary else "without_summary",
             "output_dir": str(r.dir / "models" / "inverter"), "max_steps": sz["inverter_steps"], "seed": r.cfg.seed}
     return start_training(recipe, over, r.dir / "models" / "inverter.run", env,
-                          f"the inverter of {r.policy.name} ({sz['inverter_steps'] or 'recipe'} steps, trl sft)")
+                          f"the inverter of {r.policy.name} ({sz['inverter_steps'] or 'recipe'} steps, trl sft)", spawn)
 
 
 def _trained(r: PolicyRun, ready: list, result: dict) -> None:
@@ -386,7 +397,7 @@ def _trained(r: PolicyRun, ready: list, result: dict) -> None:
 
 # ----------------------------------------------------------------------------- students (optional)
 def run_students(opts: Options, base_cfg: RunConfig, attacks: list[PolicyRun], audit_dir: Path, queue, sz: dict,
-                 env: Optional[dict]) -> None:
+                 env: Optional[dict], spawn=None) -> None:
     """Per policy an inverted-trace student and an answer-only student (one per distinct
     answer-only data: policies whose target answers are the same share it), each
     evaluated on held-out problems; ``r.student`` gets the accuracies and the gain."""
@@ -438,8 +449,8 @@ def run_students(opts: Options, base_cfg: RunConfig, attacks: list[PolicyRun], a
         if sz.get("student_batch"):
             over["per_device_train_batch_size"] = sz["student_batch"]
         queue.add(f"student_{name}", partial(start_training, recipe, over, model_dir.parent / f"{model_dir.name}.run",
-                                             env, f"student {name}"),
-                  then=partial(_queue_eval, queue, name, model_dir, bench, sz, accuracy, reused))
+                                             env, f"student {name}", spawn),
+                  then=partial(_queue_eval, queue, name, model_dir, bench, sz, accuracy, reused, spawn))
     queue.wait()
     for r in attacks:
         a, i = accuracy.get(r.student["answer_only_model"]), accuracy.get(r.student["inverted_model"] or "")
@@ -448,7 +459,7 @@ def run_students(opts: Options, base_cfg: RunConfig, attacks: list[PolicyRun], a
                          reused=all(reused.get(f"{k}:{n}", False) for n in names for k in ("train", "eval")))
 
 
-def _queue_eval(queue, name: str, model_dir: Path, bench: dict, sz: dict, accuracy: dict, reused: dict,
+def _queue_eval(queue, name: str, model_dir: Path, bench: dict, sz: dict, accuracy: dict, reused: dict, spawn,
                 trained: dict) -> None:
     reused[f"train:{name}"] = bool(trained.get("reused"))
 
@@ -456,14 +467,14 @@ def _queue_eval(queue, name: str, model_dir: Path, bench: dict, sz: dict, accura
         accuracy[name] = round(100 * res["accuracy_mean"], 2)
         reused[f"eval:{name}"] = bool(res.get("reused"))
 
-    queue.add(f"eval_{name}", partial(_start_eval, name, model_dir, bench, sz), then=record, first=True)
+    queue.add(f"eval_{name}", partial(_start_eval, name, model_dir, bench, sz, spawn), then=record, first=True)
 
 
-def _start_eval(name: str, model_dir: Path, bench: dict, sz: dict):
+def _start_eval(name: str, model_dir: Path, bench: dict, sz: dict, spawn=None):
     """``trace-inversion evaluate`` in a subprocess; reused when its model is unchanged."""
     from trace_inversion.config.safe_paths import claim_dir
     from trace_inversion.models.cache import model_signature
-    from trace_inversion.training.sft import BackgroundRun
+    from trace_inversion.training.sft import BackgroundRun, job_env
 
     out = claim_dir(model_dir.parent / f"{model_dir.name}.eval")
     sig = json.dumps(model_signature(str(model_dir)))
@@ -482,10 +493,10 @@ def _start_eval(name: str, model_dir: Path, bench: dict, sz: dict):
         cmd += ["--id-column", bench["id_column"]]
     if bench.get("user_template"):
         cmd += ["--user-template", bench["user_template"]]
-    env = dict(os.environ, OMP_NUM_THREADS="1") if sz["toy"] and sz["parallel"] > 1 else None
+    env = job_env({"OMP_NUM_THREADS": "1"}) if sz["toy"] and sz["parallel"] > 1 else None
     _log(f"evaluate {name}")
     return BackgroundRun(cmd, out / "eval.log", env, name=f"evaluate {name}",
-                         finish=lambda log: json.loads(acc.read_text()))
+                         finish=lambda log: json.loads(acc.read_text()), spawn=spawn)
 
 
 # ----------------------------------------------------------------------------- results

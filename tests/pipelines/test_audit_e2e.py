@@ -85,6 +85,8 @@ def test_audit_end_to_end_its_ordering_and_a_free_rerun(tmp_path, capsys, seed):
     assert "dataset_config: without_summary" in recipes["answer-only"]
     assert "dataset_config: with_summary" in recipes["every-1"]
     assert not stats["audit"]["all_reused"]
+    # both inverters' trainings forked from the pre-imported process, none started plain
+    assert stats["audit"]["fork_server"] == {"forked": 2, "plain": []}
 
     # the same command again: every stage and trained model reused, no model call
     logs = {n: (out / "policies" / n / "models" / "inverter.run" / "train.log").stat().st_mtime_ns
@@ -135,6 +137,8 @@ def test_audit_students_report_the_gain_and_are_reused(tmp_path):
         assert (out / "policies" / name / "models" / "student-inverted" / "config.json").exists()
     assert st["answer-only"]["answer_only_model"] == st["every-1"]["answer_only_model"]  # one shared student
     assert len(list((out / "students").glob("answer-only-*.eval"))) == 1
+    # three trainings (one shared answer-only student) and their evaluations, all forked
+    assert stats["audit"]["fork_server"] == {"forked": 6, "plain": []}
     report = (out / "leakage.md").read_text()
     assert "## Student accuracy (optional, costly)" in report and "student gain (pts)" in stats["table_markdown"]
     assert main(argv) == 0
