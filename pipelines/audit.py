@@ -300,7 +300,7 @@ def run_audit(opts: Options) -> dict:
     from trace_inversion.pipelines.query_target import run_query_target
     from trace_inversion.pipelines.student_data import run_surrogate_on_targets
     from trace_inversion.training.forkserver import ForkServer
-    from trace_inversion.training.sft import TRAIN_THREADS_ENV, job_env
+    from trace_inversion.training.sft import TRAIN_THREADS_ENV
 
     t0 = time.time()
     base_cfg, runs, sz = plan(opts)
@@ -331,7 +331,7 @@ def run_audit(opts: Options) -> dict:
     ready: list[PolicyRun] = []
     # In the toy world, trainings and evaluations are forked from one process that imported
     # torch, transformers and TRL once (as the demo's; ~5 s of a core saved per job).
-    server = ForkServer(job_env({"OMP_NUM_THREADS": "1"}), audit_dir / "fork-server.log") if toy else None
+    server = ForkServer.for_run(audit_dir) if toy else None
     spawn = server.spawn if server else None
     try:
         for r in attacks:
@@ -368,9 +368,9 @@ def run_audit(opts: Options) -> dict:
     stats = collect(opts, base_cfg, runs, sz, audit_dir, attacker_rows, target_rows, base_model, recipe,
                     time.time() - t0)
     if server:
-        stats["audit"]["fork_server"] = {"forked": server.forked, "plain": server.fallbacks}
-        if server.fallbacks:
-            _log(f"{len(server.fallbacks)} job(s) started as plain processes: " + "; ".join(server.fallbacks[:3]))
+        stats["audit"]["fork_server"] = server.summary()
+        if note := server.fallback_note():
+            _log(note)
     paths = write_outputs(stats, audit_dir)
     stats["outputs"] = {k: str(v) for k, v in paths.items()}
     return stats
@@ -477,9 +477,10 @@ def _start_eval(name: str, model_dir: Path, bench: dict, sz: dict, spawn=None):
     from trace_inversion.training.sft import BackgroundRun, job_env
 
     out = claim_dir(model_dir.parent / f"{model_dir.name}.eval")
-    sig = json.dumps(model_signature(str(model_dir)))
+    signature = model_signature(str(model_dir))
     if bench.get("user_template"):  # a changed template is a new evaluation
-        sig = json.dumps({"model": json.loads(sig), "user_template": Path(bench["user_template"]).read_text()})
+        signature = {"model": signature, "user_template": Path(bench["user_template"]).read_text()}
+    sig = json.dumps(signature)
     stamp, acc = out / "model.signature", out / "accuracy.json"
     if stamp.exists() and stamp.read_text() == sig and acc.exists():
         return BackgroundRun(finished=dict(json.loads(acc.read_text()), reused=True))

@@ -287,12 +287,11 @@ def run_demo(output: Optional[str] = None, seeds: int = 1, config_path: Optional
     # trainings (TrainQueue.close in a finally); they run in their own process groups.
     # Trainings and evaluations are forked from one process that imported their libraries
     # once (~5 s of a core saved per job, 13-15 jobs a seed); its log: fork-server.log.
-    with ForkServer(job_env({"OMP_NUM_THREADS": "1"}), base / "fork-server.log") as server:
+    with ForkServer.for_run(base) as server:
         runs = [run_seed(s, base, config_path, overrides or {}, size, inverter_backend, server.spawn)
                 for s in range(seeds)]
-        forks = {"forked": server.forked, "plain": server.fallbacks}
-    if forks["plain"]:
-        _log(f"{len(forks['plain'])} job(s) started as plain processes: " + "; ".join(forks["plain"][:3]))
+    if note := server.fallback_note():
+        _log(note)
     seconds = time.time() - t0
     report = render_report(runs, size, seconds)
     (base / "report.md").write_text(report)
@@ -300,7 +299,7 @@ def run_demo(output: Optional[str] = None, seeds: int = 1, config_path: Optional
     summary = {c: {"mean": round(statistics.fmean(v), 4), "sd": round(statistics.stdev(v), 4) if len(v) > 1 else None}
                for c in DEMO_CONDITIONS if (v := [r["accuracy"][c] for r in runs if c in r["accuracy"]])}
     write_json({"size": size, "runs": runs, "accuracy": summary, "claims": claim_verdicts(runs, size["n_test"]),
-                "seconds": round(seconds, 1), "fork_server": forks}, base / "stats.json")
+                "seconds": round(seconds, 1), "fork_server": server.summary()}, base / "stats.json")
     return report + f"\nWrote {base / 'report.md'}, {base / 'results.png'} and {base / 'stats.json'}."
 
 

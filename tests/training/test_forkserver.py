@@ -141,6 +141,11 @@ def test_jobs_it_cannot_fork_start_as_plain_processes(tmp_path, script):
         assert len(server.fallbacks) == 3 and "HF_HUB_OFFLINE" in server.fallbacks[0]
         assert "OMP_NUM_THREADS not set" in server.fallbacks[1] and "not a python" in server.fallbacks[2]
         assert server.proc is None and server.forked == 0  # never needed: never started
+        assert server.summary() == {"forked": 0, "plain": server.fallbacks}
+        assert server.fallback_note().startswith("3 job(s) started as plain processes: ")
+    run_server = ForkServer.for_run(tmp_path / "run")  # a run's: its jobs' environment at one thread
+    assert run_server.env["OMP_NUM_THREADS"] == "1" and run_server.log_path == tmp_path / "run" / "fork-server.log"
+    assert run_server.fallback_note() is None
 
 
 def test_kill_pause_and_close_reach_the_forked_job(tmp_path, script):

@@ -144,12 +144,11 @@ def _child(job: dict) -> None:
         import runpy
 
         kind, target, args = python_entry(job["argv"])
+        sys.argv = [target] + args  # run_module sets argv[0] to the module's file
         if kind == "module":
-            sys.argv = [target] + args  # run_module sets argv[0] to the module's file
             sys.path[0] = os.getcwd()
             runpy.run_module(target, run_name="__main__", alter_sys=True)
         else:
-            sys.argv = [target] + args
             sys.path[0] = os.path.dirname(os.path.abspath(target))
             runpy.run_path(target, run_name="__main__")
         code = 0
@@ -269,6 +268,24 @@ class ForkServer:
         self.forked = 0
         self._buf = b""
         self._next_id = 0
+
+    @classmethod
+    def for_run(cls, folder: Path) -> "ForkServer":
+        """The server of a run's jobs (the demo's, a toy audit's): the environment its
+        jobs start with (``sft.job_env``) at one thread, its log ``folder/fork-server.log``."""
+        from trace_inversion.training.sft import job_env
+
+        return cls(job_env({"OMP_NUM_THREADS": "1"}), Path(folder) / "fork-server.log")
+
+    def summary(self) -> dict:
+        """For a run's stats: jobs forked, and why any started as plain processes."""
+        return {"forked": self.forked, "plain": list(self.fallbacks)}
+
+    def fallback_note(self) -> Optional[str]:
+        """One line for the console when jobs started as plain processes, else None."""
+        if not self.fallbacks:
+            return None
+        return f"{len(self.fallbacks)} job(s) started as plain processes: " + "; ".join(self.fallbacks[:3])
 
     def __enter__(self) -> "ForkServer":
         return self
